@@ -1,0 +1,348 @@
+"""The wire format: JSON text frames in and out (PROTOCOL.md sections 3-8). No I/O.
+
+These functions are public so users can unit-test their own handlers without a socket.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from ._spec import (
+    ACTIONS,
+    CHANNELS,
+    ERROR,
+    GAP,
+    HEARTBEAT_ACK,
+    MAX_REQUEST_ID_LENGTH,
+    POSITIONS,
+    SIGNAL,
+    SUBSCRIPTION_ACK,
+    SUBSCRIPTION_REQUEST,
+)
+from .exceptions import ProtocolError
+from .messages import (
+    ErrorDetail,
+    ErrorMessage,
+    Gap,
+    Message,
+    Positions,
+    ReadOnlyDict,
+    Signal,
+    SubscriptionAck,
+)
+
+__all__ = [
+    "encode_heartbeat_ack",
+    "encode_subscription_request",
+    "format_timestamp",
+    "parse_message",
+    "parse_timestamp",
+]
+
+_TIMESTAMP = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?"
+    r"(?:([Zz])|([+-])(\d{2}):?(\d{2}))?"
+)
+
+
+def format_timestamp(when: datetime | None = None) -> str:
+    """Format a time the way the client sends it: ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (UTC).
+
+    Args:
+        when: an aware datetime (naive ones are taken as UTC); None means now.
+
+    Returns:
+        The timestamp text.
+    """
+    if when is None:
+        when = datetime.now(timezone.utc)
+    elif when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    else:
+        when = when.astimezone(timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+def parse_timestamp(text: str) -> datetime:
+    """Read an ISO-8601 timestamp in any form the server may use (section 3).
+
+    Accepts ``Z``, ``+00:00`` or any other offset, with or without fractions of a second; a
+    timestamp without an offset is taken as UTC.
+
+    Args:
+        text: the timestamp.
+
+    Returns:
+        An aware datetime in UTC.
+
+    Raises:
+        ValueError: the text is not such a timestamp.
+    """
+    match = _TIMESTAMP.fullmatch(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"not an ISO-8601 timestamp: {text!r}")
+    year, month, day, hour, minute, second, fraction, _z, sign, off_h, off_m = match.groups()
+    micro = int((fraction or "0")[:6].ljust(6, "0"))
+    tz = timezone.utc
+    if sign:
+        offset = timedelta(hours=int(off_h), minutes=int(off_m))
+        tz = timezone(-offset if sign == "-" else offset)
+    try:
+        when = datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tz
+        )
+    except ValueError as exc:
+        raise ValueError(f"not an ISO-8601 timestamp: {text!r}") from exc
+    return when.astimezone(timezone.utc)
+
+
+def encode_heartbeat_ack(now: datetime | None = None) -> str:
+    """Build the ``heartbeat.ack`` frame (section 5).
+
+    Args:
+        now: the time to stamp it with; None means now.
+
+    Returns:
+        The JSON text to send.
+    """
+    return '{"msg_type":"heartbeat.ack","timestamp":"%s"}' % format_timestamp(now)
+
+
+def validate_strategy_id(strategy_id: object) -> int:
+    """Check a strategy id: an ``int`` above zero, ``bool`` excluded (section 6).
+
+    Raises:
+        ValueError: it is anything else.
+    """
+    if type(strategy_id) is not int or strategy_id <= 0:
+        raise ValueError(f"strategy_id must be a positive int, not {strategy_id!r}")
+    return strategy_id
+
+
+def validate_channel(channel: object) -> str:
+    """Check a channel name (section 6).
+
+    Raises:
+        ValueError: it is not ``strategy.signal`` or ``strategy.positions``.
+    """
+    if not isinstance(channel, str) or channel not in CHANNELS:
+        raise ValueError(f"channel must be {SIGNAL!r} or {POSITIONS!r}, not {channel!r}")
+    return channel
+
+
+def encode_subscription_request(
+    action: str,
+    channel: str,
+    strategy_id: int,
+    *,
+    request_id: str,
+    resume_from: int | None = None,
+    now: datetime | None = None,
+) -> str:
+    """Build a ``subscription.request`` frame (section 6).
+
+    Args:
+        action: ``"subscribe"`` or ``"unsubscribe"``.
+        channel: ``"strategy.signal"`` or ``"strategy.positions"``.
+        strategy_id: a positive int.
+        request_id: 1 to 50 characters, echoed on the answer.
+        resume_from: the last ``seq_id`` processed (signal subscriptions only); None or 0
+            sends none.
+        now: the time to stamp it with; None means now.
+
+    Returns:
+        The JSON text to send.
+
+    Raises:
+        ValueError: an argument is out of the protocol's range.
+    """
+    if action not in ACTIONS:
+        raise ValueError(f"action must be 'subscribe' or 'unsubscribe', not {action!r}")
+    validate_channel(channel)
+    validate_strategy_id(strategy_id)
+    if not isinstance(request_id, str) or not 1 <= len(request_id) <= MAX_REQUEST_ID_LENGTH:
+        raise ValueError(f"request_id must be 1 to {MAX_REQUEST_ID_LENGTH} characters")
+    payload: dict[str, Any] = {"action": action, "channel": channel, "strategy_id": strategy_id}
+    if resume_from is not None:
+        if type(resume_from) is not int or resume_from < 0:
+            raise ValueError(f"resume_from must be a non-negative int, not {resume_from!r}")
+        if channel != SIGNAL:
+            raise ValueError("resume_from applies to strategy.signal subscriptions only")
+        if action != "subscribe":
+            raise ValueError("resume_from applies to subscribe requests only")
+        if resume_from > 0:
+            payload["resume_from"] = resume_from
+    return json.dumps(
+        {
+            "msg_type": SUBSCRIPTION_REQUEST,
+            "request_id": request_id,
+            "timestamp": format_timestamp(now),
+            "payload": payload,
+        },
+        separators=(",", ":"),
+    )
+
+
+def parse_message(text: str | bytes) -> Message:
+    """Turn one text frame into a typed message (sections 3-8).
+
+    Unknown ``msg_type``\\ s come back as :class:`Message`; unknown fields are kept in
+    ``raw``. ``connection.connected`` and ``heartbeat`` come back as plain :class:`Message`.
+
+    Args:
+        text: the frame's text.
+
+    Returns:
+        A :class:`Signal`, :class:`Positions`, :class:`Gap`, :class:`SubscriptionAck`,
+        :class:`ErrorMessage` or :class:`Message`.
+
+    Raises:
+        ProtocolError: the frame is not a JSON object with a string ``msg_type``, or a known
+            field needed to read it has the wrong type.
+    """
+    if not isinstance(text, str):
+        raise ProtocolError("binary frame: the protocol sends JSON text frames only")
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"frame is not valid JSON: {exc}") from exc
+    if type(obj) is not dict:
+        raise ProtocolError(f"frame is a JSON {type(obj).__name__}, not an object")
+    msg_type = obj.get("msg_type")
+    if not isinstance(msg_type, str):
+        raise ProtocolError("frame has no string msg_type")
+    payload = obj.get("payload")
+    if payload is None:
+        payload = _EMPTY_PAYLOAD
+    elif type(payload) is dict:
+        payload = obj["payload"] = ReadOnlyDict(payload)
+    else:
+        raise ProtocolError(f"{msg_type}: payload is a JSON {type(payload).__name__}")
+    raw = ReadOnlyDict(obj)
+    seq_id = obj.get("seq_id")
+    if seq_id is not None and type(seq_id) is not int:
+        raise ProtocolError(f"{msg_type}: seq_id is not an integer: {seq_id!r}")
+    timestamp = obj.get("timestamp")
+    if timestamp is not None:
+        try:
+            timestamp = parse_timestamp(timestamp)
+        except ValueError:
+            timestamp = None  # tolerated: the time is informative, the message is not lost
+    ident = obj.get("id")
+    request_id = obj.get("request_id")
+    version = obj.get("v")
+    common: dict[str, Any] = {
+        "msg_type": msg_type,
+        "id": ident if isinstance(ident, str) else None,
+        "seq_id": seq_id,
+        "request_id": request_id if isinstance(request_id, str) else None,
+        "timestamp": timestamp,
+        "v": version if type(version) is int else None,
+        "payload": payload,
+        "raw": raw,
+    }
+    build = _BUILDERS.get(msg_type)
+    if build is None:
+        return Message(**common)
+    return build(common, payload)
+
+
+_EMPTY_PAYLOAD: Mapping[str, Any] = ReadOnlyDict()
+
+
+def _strategy_id(value: object) -> int | None:
+    if type(value) is int and value > 0:
+        return value
+    if isinstance(value, str) and value.isdigit() and value.isascii():
+        return int(value) or None
+    return None
+
+
+def _payload_strategy_id(payload: Mapping[str, Any]) -> int | None:
+    found = _strategy_id(payload.get("strategy_id"))
+    return found if found is not None else _strategy_id(payload.get("StrategyId"))
+
+
+def _signal(common: dict[str, Any], payload: Mapping[str, Any]) -> Message:
+    if common["seq_id"] is None:
+        raise ProtocolError("strategy.signal without an integer seq_id")
+    return Signal(strategy_id=_payload_strategy_id(payload), **common)
+
+
+def _positions(common: dict[str, Any], payload: Mapping[str, Any]) -> Message:
+    return Positions(strategy_id=_payload_strategy_id(payload), **common)
+
+
+def _gap(common: dict[str, Any], payload: Mapping[str, Any]) -> Message:
+    channel = payload.get("channel")
+    channel = channel if isinstance(channel, str) else ""
+    strategy_id = _strategy_id(payload.get("strategy_id"))
+    if strategy_id is None:
+        _, _, suffix = channel.rpartition(":")
+        strategy_id = _strategy_id(suffix)
+    if strategy_id is None:
+        raise ProtocolError(f"gap names no strategy: channel {channel!r}")
+    from_seq = payload.get("from")
+    if type(from_seq) is not int:
+        from_seq = _strategy_id(from_seq) if from_seq not in ("0", 0) else 0
+    if from_seq is None:
+        raise ProtocolError(f"gap has no integer 'from': {payload.get('from')!r}")
+    message = payload.get("message")
+    return Gap(
+        strategy_id=strategy_id,
+        channel=channel,
+        from_seq=from_seq,
+        message=message if isinstance(message, str) else "",
+        **common,
+    )
+
+
+def _ack(common: dict[str, Any], payload: Mapping[str, Any]) -> Message:
+    action = payload.get("action")
+    channel = payload.get("channel")
+    return SubscriptionAck(
+        action=action if isinstance(action, str) else None,
+        channel=channel if isinstance(channel, str) else None,
+        strategy_id=_strategy_id(payload.get("strategy_id")),
+        **common,
+    )
+
+
+def _detail(item: object) -> ErrorDetail:
+    if not isinstance(item, Mapping):
+        return ErrorDetail(code="UNKNOWN", field=None, message=str(item))
+    code, field, message = item.get("code"), item.get("field"), item.get("message")
+    return ErrorDetail(
+        code=str(code) if code is not None else "UNKNOWN",
+        field=str(field) if field is not None else None,
+        message=str(message) if message is not None else "",
+    )
+
+
+def error_details(payload: Mapping[str, Any]) -> tuple[ErrorDetail, ...]:
+    """Every error an ``error`` payload carries: its ``errors`` list, else itself (section 8)."""
+    errors = payload.get("errors")
+    if isinstance(errors, list) and errors:
+        return tuple(_detail(item) for item in errors)
+    return (_detail(payload),)
+
+
+def _error(common: dict[str, Any], payload: Mapping[str, Any]) -> Message:
+    details = error_details(payload)
+    first = details[0]
+    return ErrorMessage(
+        code=first.code, field=first.field, message=first.message, errors=details, **common
+    )
+
+
+_BUILDERS: dict[str, Callable[[dict[str, Any], Mapping[str, Any]], Message]] = {
+    SIGNAL: _signal,
+    POSITIONS: _positions,
+    GAP: _gap,
+    SUBSCRIPTION_ACK: _ack,
+    ERROR: _error,
+}

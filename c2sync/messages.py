@@ -1,0 +1,169 @@
+"""The messages a Collective2 server sends, as frozen values (PROTOCOL.md sections 3-8).
+
+Every message keeps the whole JSON object it came from in ``raw`` and its ``payload``
+unchanged and read-only, so fields the server adds later are never lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, NoReturn
+
+import attrs
+
+from ._spec import POSITIONS, SIGNAL
+
+__all__ = [
+    "POSITIONS",
+    "SIGNAL",
+    "ErrorDetail",
+    "ErrorMessage",
+    "Gap",
+    "Message",
+    "Positions",
+    "ReadOnlyDict",
+    "Signal",
+    "SubscriptionAck",
+]
+
+
+class ReadOnlyDict(dict[str, Any]):
+    """A ``dict`` that refuses changes: it still serialises with ``json.dumps``."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("message payloads are read-only; copy with dict(...) to change one")
+
+    __setitem__ = __delitem__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse  # type: ignore[assignment]
+    __ior__ = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ReadOnlyDict, (dict(self),))
+
+    def __copy__(self) -> ReadOnlyDict:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ReadOnlyDict:
+        return self
+
+
+_EMPTY: Mapping[str, Any] = ReadOnlyDict()
+
+
+@attrs.frozen(kw_only=True)
+class Message:
+    """Any server message; the base of every other message class.
+
+    Attributes:
+        msg_type: the message type, e.g. ``"strategy.signal"``.
+        id: the server's unique message id, or None.
+        seq_id: the sequence number on ordered streams, or None.
+        request_id: the client's request id echoed back, or None.
+        timestamp: when the server sent it (aware, UTC), or None.
+        v: the protocol version (4), or None.
+        payload: the payload, read-only and unchanged (empty when absent).
+        raw: the whole JSON object, read-only.
+    """
+
+    msg_type: str
+    id: str | None = None
+    seq_id: int | None = None
+    request_id: str | None = None
+    timestamp: datetime | None = None
+    v: int | None = None
+    payload: Mapping[str, Any] = attrs.field(default=_EMPTY, repr=False)
+    raw: Mapping[str, Any] = attrs.field(default=_EMPTY, repr=False, eq=False)
+
+
+@attrs.frozen(kw_only=True)
+class Signal(Message):
+    """A trading signal (``strategy.signal``).
+
+    Attributes:
+        strategy_id: from the payload's ``strategy_id``/``StrategyId``, else the connection's
+            only signal subscription, else None.
+        seq_id: its position in the strategy's signal stream.
+    """
+
+    seq_id: int
+    strategy_id: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Positions(Message):
+    """A position update (``strategy.positions``).
+
+    Attributes:
+        strategy_id: from the payload, else the only positions subscription, else None.
+    """
+
+    strategy_id: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Gap(Message):
+    """The server could not replay every missed signal (PROTOCOL.md section 7).
+
+    Fetch the signals after ``from_seq`` from the REST API.
+
+    Attributes:
+        strategy_id: the strategy (from ``channel`` when the payload's is null).
+        channel: e.g. ``"strategy.signal:12345678"``.
+        from_seq: the ``resume_from`` the replay started from.
+        message: the server's explanation.
+    """
+
+    strategy_id: int
+    channel: str
+    from_seq: int
+    message: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class SubscriptionAck(Message):
+    """The answer to a subscribe or unsubscribe request.
+
+    Attributes:
+        action: ``"subscribe"`` or ``"unsubscribe"`` (None if the server left it out).
+        channel: the channel (None if the server left it out).
+        strategy_id: the strategy (None if the server left it out).
+    """
+
+    action: str | None = None
+    channel: str | None = None
+    strategy_id: int | None = None
+
+
+@attrs.frozen
+class ErrorDetail:
+    """One error of an ``error`` message.
+
+    Attributes:
+        code: the error code, kept as a string.
+        field: the field concerned, or None.
+        message: the explanation.
+    """
+
+    code: str
+    field: str | None
+    message: str
+
+
+@attrs.frozen(kw_only=True)
+class ErrorMessage(Message):
+    """An ``error`` message that answered none of this client's requests.
+
+    Attributes:
+        code: the (first) error code, e.g. ``"FORBIDDEN"``.
+        field: the (first) field concerned, or None.
+        message: the (first) explanation.
+        errors: every error, in order (one item when the server sent a single error).
+    """
+
+    code: str
+    field: str | None = None
+    message: str = ""
+    errors: tuple[ErrorDetail, ...] = ()
