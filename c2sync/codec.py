@@ -109,7 +109,7 @@ def encode_heartbeat_ack(now: datetime | None = None) -> str:
     Returns:
         The JSON text to send.
     """
-    return '{"msg_type":"heartbeat.ack","timestamp":"%s"}' % format_timestamp(now)
+    return f'{{"msg_type":"{HEARTBEAT_ACK}","timestamp":"{format_timestamp(now)}"}}'
 
 
 def validate_strategy_id(strategy_id: object) -> int:

@@ -1,0 +1,486 @@
+"""The client's protocol state machine: fed text and the time, drained of events and frames.
+
+No sockets, threads or clocks here (a test checks the imports): the threaded shell in
+``client.py`` owns those and calls in under its one lock. One :class:`ClientProtocol` lives
+as long as the client, across reconnects; ``connection_made``/``connection_lost`` mark each
+socket's life.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
+
+import attrs
+
+from ._spec import (
+    CONNECTED,
+    DISCONNECTED,
+    HEARTBEAT,
+    MAX_SUBSCRIPTIONS,
+    POSITIONS,
+    SIGNAL,
+    SUBSCRIBE,
+    UNSUBSCRIBE,
+)
+from .codec import (
+    encode_heartbeat_ack,
+    encode_subscription_request,
+    parse_message,
+    validate_channel,
+    validate_strategy_id,
+)
+from .exceptions import ProtocolError, ServerError, SubscriptionLimitError
+from .messages import ErrorMessage, Message, Positions, Signal, SubscriptionAck
+
+logger = logging.getLogger("c2sync.protocol")
+
+Pair = tuple[str, int]
+
+# Forgotten (timed-out) requests are remembered so a late answer is recognised, not
+# mistaken for another request's; bounded so a server that never answers cannot grow it.
+_MAX_FORGOTTEN = 1000
+
+
+# Events --------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Connected:
+    """``connection.connected`` arrived: the connection is ready (PROTOCOL.md section 4)."""
+
+    message: Message
+
+
+@attrs.frozen
+class HeartbeatAnswered:
+    """A ``heartbeat`` arrived; its ``heartbeat.ack`` waits in :meth:`data_to_send`."""
+
+    message: Message
+
+
+@attrs.frozen
+class RequestAnswered:
+    """A request a caller waits for was answered, by an ack or an error."""
+
+    request_id: str
+    ack: SubscriptionAck | None = None
+    error: ServerError | None = None
+
+
+@attrs.frozen
+class Deliver:
+    """A message for the user (callbacks or the recv() queue)."""
+
+    message: Message
+
+
+@attrs.frozen
+class Duplicate:
+    """A signal already accepted earlier (replay overlap): dropped (PROTOCOL.md section 7)."""
+
+    message: Signal
+
+
+@attrs.frozen
+class Malformed:
+    """A frame that is not a valid message: skipped, the connection stays up."""
+
+    error: ProtocolError
+
+
+@attrs.frozen
+class ReplayRestarted:
+    """A subscribe with an explicit ``resume_from`` was acked: the replay supersedes every
+    queued signal of the strategy above ``resume_from``, which the shell must discard so the
+    stream stays in order."""
+
+    strategy_id: int
+    resume_from: int
+
+
+Event = (
+    Connected | HeartbeatAnswered | RequestAnswered | Deliver | Duplicate | Malformed
+    | ReplayRestarted
+)
+
+
+@attrs.define
+class _Request:
+    request_id: str
+    action: str
+    channel: str
+    strategy_id: int
+    resume_from: int | None
+    explicit_resume: bool
+    waited: bool  # a caller blocks on the answer (False: a restore after reconnecting)
+    forgotten: bool = False
+
+
+def _default_request_ids() -> Iterator[str]:
+    prefix = uuid.uuid4().hex[:12]
+    return (f"c2s-{prefix}-{n}" for n in itertools.count(1))
+
+
+class ClientProtocol:
+    """Protocol state of one client: heartbeats, requests, subscriptions, sequence numbers.
+
+    Args:
+        heartbeat_timeout: seconds without a server heartbeat after which the connection is
+            dead (PROTOCOL.md section 5).
+        resume_points: ``{strategy_id: seq_id}`` already processed (from a checkpoint).
+        max_subscriptions: subscriptions one connection may hold (section 6).
+        request_ids: where request ids come from (tests inject a predictable one).
+        wallclock: the UTC time for outgoing timestamps (None: the real one).
+    """
+
+    def __init__(
+        self,
+        heartbeat_timeout: float,
+        *,
+        resume_points: Mapping[int, int] | None = None,
+        max_subscriptions: int = MAX_SUBSCRIPTIONS,
+        request_ids: Iterator[str] | None = None,
+        wallclock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.heartbeat_timeout = heartbeat_timeout
+        self.max_subscriptions = max_subscriptions
+        self._request_ids = request_ids if request_ids is not None else _default_request_ids()
+        self._wallclock = wallclock
+        self._resume_points = dict(resume_points or {})
+        self._subscriptions: dict[Pair, None] = {}  # held by the server; ordered for restore
+        self._outstanding: dict[str, _Request] = {}  # in the order sent
+        self._delivered: dict[int, int] = {}  # last seq_id handed to the user, per strategy
+        self._accepted: dict[int, int] = {}  # last seq_id let into the queues, per strategy
+        self._outgoing: list[str] = []
+        self._awaiting_connected = False
+        self._open = False
+        self._deadline: float | None = None
+
+    # State ---------------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        """True between ``connection.connected`` and the connection's loss."""
+        return self._open
+
+    @property
+    def deadline(self) -> float | None:
+        """When (on the caller's monotonic clock) the connection is dead without a heartbeat."""
+        return self._deadline
+
+    @property
+    def subscriptions(self) -> frozenset[Pair]:
+        """The (channel, strategy_id) pairs the server holds for this client."""
+        return frozenset(self._subscriptions)
+
+    @property
+    def last_delivered(self) -> dict[int, int]:
+        """``{strategy_id: last seq_id handed to the user}``."""
+        return dict(self._delivered)
+
+    def is_dead(self, now: float) -> bool:
+        """Whether the heartbeat deadline has passed (section 5)."""
+        return self._deadline is not None and now >= self._deadline
+
+    def disarm(self) -> None:
+        """Stop the heartbeat deadline (the connection was declared dead)."""
+        self._deadline = None
+
+    def data_to_send(self) -> list[str]:
+        """Frames to send now, in order; the list is emptied."""
+        frames, self._outgoing = self._outgoing, []
+        return frames
+
+    # Connection lifecycle ------------------------------------------------------------
+
+    def connection_made(self) -> None:
+        """A new socket is up: the next frame must be ``connection.connected``."""
+        self._awaiting_connected = True
+        self._open = False
+        self._deadline = None
+        self._outgoing.clear()
+
+    def connection_lost(self) -> list[str]:
+        """The socket is gone. Returns the ids of the waited requests that can no longer be
+        answered; subscriptions are kept, to be restored on the next connection."""
+        self._open = False
+        self._awaiting_connected = False
+        self._deadline = None
+        self._outgoing.clear()
+        failed = [r.request_id for r in self._outstanding.values() if r.waited and not r.forgotten]
+        self._outstanding.clear()
+        return failed
+
+    def restore_subscriptions(self) -> None:
+        """Queue a request for every held subscription (after reconnecting, section 9).
+
+        Signal subscriptions resume from the last ``seq_id`` handed to the user.
+        """
+        for channel, strategy_id in self._subscriptions:
+            resume = self._delivered.get(strategy_id) if channel == SIGNAL else None
+            request = self._new_request(SUBSCRIBE, channel, strategy_id, resume, False, False)
+            self._outgoing.append(self._encode(request))
+
+    # Requests --------------------------------------------------------------------------
+
+    def request(
+        self,
+        action: str,
+        channel: str,
+        strategy_id: int,
+        resume_from: int | None = None,
+    ) -> tuple[str, str]:
+        """Prepare a subscribe/unsubscribe request a caller will wait for.
+
+        Args:
+            action: ``"subscribe"`` or ``"unsubscribe"``.
+            channel: the channel.
+            strategy_id: the strategy.
+            resume_from: the last ``seq_id`` processed (signals only); None resumes from
+                what this client handed out or the checkpoint holds.
+
+        Returns:
+            ``(request_id, frame)``: send the frame, then wait for ``request_id``'s answer.
+
+        Raises:
+            ValueError: a bad argument.
+            SubscriptionLimitError: a subscription beyond the limit.
+        """
+        self.check_request(action, channel, strategy_id, resume_from)
+        pair = (channel, strategy_id)
+        explicit = resume_from is not None and resume_from > 0
+        if action == SUBSCRIBE:
+            if pair not in self._subscriptions and self._count_subscriptions() >= (
+                self.max_subscriptions
+            ):
+                raise SubscriptionLimitError(
+                    f"a connection holds at most {self.max_subscriptions} subscriptions"
+                )
+            if resume_from is None and channel == SIGNAL:
+                resume_from = self._delivered.get(strategy_id)
+                if resume_from is None:
+                    resume_from = self._resume_points.get(strategy_id)
+        request = self._new_request(action, channel, strategy_id, resume_from, explicit, True)
+        return request.request_id, self._encode(request)
+
+    def check_request(
+        self, action: str, channel: str, strategy_id: int, resume_from: int | None
+    ) -> None:
+        """Check a request's arguments without preparing it (see :meth:`request`).
+
+        Raises:
+            ValueError: a bad argument.
+        """
+        if action not in (SUBSCRIBE, UNSUBSCRIBE):
+            raise ValueError(f"action must be 'subscribe' or 'unsubscribe', not {action!r}")
+        validate_channel(channel)
+        validate_strategy_id(strategy_id)
+        if resume_from is not None:
+            if channel != SIGNAL:
+                raise ValueError("resume_from applies to strategy.signal subscriptions only")
+            if action != SUBSCRIBE:
+                raise ValueError("resume_from applies to subscribe requests only")
+            if type(resume_from) is not int or resume_from < 0:
+                raise ValueError(f"resume_from must be a non-negative int, not {resume_from!r}")
+
+    def forget(self, request_id: str) -> None:
+        """The caller stopped waiting (timeout): a late answer will satisfy nobody, though a
+        late ack still updates the subscriptions."""
+        request = self._outstanding.get(request_id)
+        if request is not None:
+            request.forgotten = True
+            forgotten = [r for r in self._outstanding.values() if r.forgotten]
+            for stale in forgotten[: max(0, len(forgotten) - _MAX_FORGOTTEN)]:
+                del self._outstanding[stale.request_id]
+
+    def _count_subscriptions(self) -> int:
+        pending = {
+            (r.channel, r.strategy_id)
+            for r in self._outstanding.values()
+            if r.action == SUBSCRIBE and (r.channel, r.strategy_id) not in self._subscriptions
+        }
+        return len(self._subscriptions) + len(pending)
+
+    def _new_request(
+        self,
+        action: str,
+        channel: str,
+        strategy_id: int,
+        resume_from: int | None,
+        explicit: bool,
+        waited: bool,
+    ) -> _Request:
+        request = _Request(
+            next(self._request_ids), action, channel, strategy_id, resume_from, explicit, waited
+        )
+        self._outstanding[request.request_id] = request
+        return request
+
+    def _encode(self, request: _Request) -> str:
+        return encode_subscription_request(
+            request.action,
+            request.channel,
+            request.strategy_id,
+            request_id=request.request_id,
+            resume_from=request.resume_from or None,
+            now=self._wallclock() if self._wallclock else None,
+        )
+
+    # Receiving -------------------------------------------------------------------------
+
+    def receive(self, text: str | bytes, now: float) -> list[Event]:
+        """Take one frame from the server.
+
+        Args:
+            text: the frame (``bytes`` for a binary frame, which the protocol never sends).
+            now: the current monotonic time, for the heartbeat deadline.
+
+        Returns:
+            What happened, in order. Answers to heartbeats wait in :meth:`data_to_send`.
+
+        Raises:
+            ProtocolError: the first frame of a connection is not ``connection.connected``;
+                the connection cannot be used.
+        """
+        try:
+            message = parse_message(text)
+        except ProtocolError as exc:
+            if self._awaiting_connected:
+                raise ProtocolError(f"expected {CONNECTED} first: {exc}") from exc
+            return [Malformed(exc)]
+        msg_type = message.msg_type
+        if self._awaiting_connected:
+            if msg_type != CONNECTED:
+                raise ProtocolError(f"expected {CONNECTED} first, got {msg_type!r}")
+            self._awaiting_connected = False
+            self._open = True
+            self._deadline = now + self.heartbeat_timeout
+            return [Connected(message)]
+        if msg_type == HEARTBEAT:
+            # Section 5: answer every heartbeat; the deadline restarts from this one.
+            self._outgoing.append(
+                encode_heartbeat_ack(self._wallclock() if self._wallclock else None)
+            )
+            self._deadline = now + self.heartbeat_timeout
+            return [HeartbeatAnswered(message)]
+        if isinstance(message, Signal):
+            return [self._accept_signal(message)]
+        if isinstance(message, SubscriptionAck):
+            return self._on_ack(message)
+        if isinstance(message, ErrorMessage):
+            return self._on_error(message)
+        if isinstance(message, Positions) and message.strategy_id is None:
+            message = attrs.evolve(message, strategy_id=self._only_subscription(POSITIONS))
+        elif msg_type == CONNECTED:
+            logger.debug("ignoring a second %s", CONNECTED)
+            return []
+        elif msg_type == DISCONNECTED:
+            logger.warning("the server says the connection is ending (%s)", DISCONNECTED)
+        return [Deliver(message)]
+
+    def _only_subscription(self, channel: str) -> int | None:
+        ids = [sid for ch, sid in self._subscriptions if ch == channel]
+        return ids[0] if len(ids) == 1 else None
+
+    def _accept_signal(self, signal: Signal) -> Event:
+        strategy_id = signal.strategy_id
+        if strategy_id is None:
+            strategy_id = self._only_subscription(SIGNAL)
+            if strategy_id is None:
+                return Deliver(signal)  # no strategy to order it by: pass it through
+            signal = attrs.evolve(signal, strategy_id=strategy_id)
+        last = self._accepted.get(strategy_id)
+        if last is not None and signal.seq_id <= last:
+            return Duplicate(signal)
+        self._accepted[strategy_id] = signal.seq_id
+        if strategy_id not in self._delivered:
+            # The first signal seen sets the resume point just below itself, so a drop
+            # before the user reads it still resumes from here (section 7).
+            self._delivered[strategy_id] = signal.seq_id - 1
+        return Deliver(signal)
+
+    def _find_request(self, message: Message, ack: SubscriptionAck | None) -> _Request | None:
+        if message.request_id is not None:
+            return self._outstanding.get(message.request_id)
+        for request in self._outstanding.values():
+            # Without a request_id the server answers in order (PROTOCOL.md section 6);
+            # an ack that names its pair must match it.
+            if ack is None or (
+                ack.action in (None, request.action)
+                and ack.channel in (None, request.channel)
+                and ack.strategy_id in (None, request.strategy_id)
+            ):
+                return request
+        return None
+
+    def _on_ack(self, ack: SubscriptionAck) -> list[Event]:
+        request = self._find_request(ack, ack)
+        if request is None:
+            logger.debug("ignoring a subscription.ack that answers no request: %s", ack)
+            return []
+        del self._outstanding[request.request_id]
+        pair = (request.channel, request.strategy_id)
+        events: list[Event] = []
+        if request.action == UNSUBSCRIBE:
+            self._subscriptions.pop(pair, None)
+        else:
+            self._subscriptions[pair] = None
+            resume = request.resume_from
+            if request.explicit_resume and resume:
+                # The user asked for a replay from here: it supersedes what is queued.
+                self._delivered[request.strategy_id] = resume
+                self._accepted[request.strategy_id] = resume
+                events.append(ReplayRestarted(request.strategy_id, resume))
+            elif resume and request.channel == SIGNAL:
+                self._delivered.setdefault(request.strategy_id, resume)
+                self._accepted.setdefault(request.strategy_id, resume)
+        if request.waited and not request.forgotten:
+            events.append(RequestAnswered(request.request_id, ack=ack))
+        return events
+
+    def _on_error(self, error: ErrorMessage) -> list[Event]:
+        request = self._find_request(error, None)
+        if request is None:
+            return [Deliver(error)]  # nobody's answer: the user sees it (API "Receiving")
+        del self._outstanding[request.request_id]
+        if request.forgotten:
+            logger.info("late error for a request that timed out: %s %s", error.code, error.message)
+            return []
+        if not request.waited:
+            # A restore after reconnecting was refused: the subscription is gone; say so.
+            self._subscriptions.pop((request.channel, request.strategy_id), None)
+            logger.warning(
+                "resubscribing to %s %s was refused: %s %s",
+                request.channel,
+                request.strategy_id,
+                error.code,
+                error.message,
+            )
+            return [Deliver(error)]
+        exc = ServerError(
+            error.code,
+            error.message,
+            field=error.field,
+            errors=error.errors,
+            request_id=request.request_id,
+        )
+        return [RequestAnswered(request.request_id, error=exc)]
+
+    # Handing out -----------------------------------------------------------------------
+
+    def hand_out(self, message: Message) -> bool:
+        """Record that ``message`` is about to reach the user.
+
+        Returns:
+            False for a signal already handed out (a duplicate: drop it), else True.
+        """
+        if isinstance(message, Signal) and message.strategy_id is not None:
+            last = self._delivered.get(message.strategy_id)
+            if last is not None and message.seq_id <= last:
+                return False
+            self._delivered[message.strategy_id] = message.seq_id
+        return True

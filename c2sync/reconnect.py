@@ -1,0 +1,120 @@
+"""How a lost connection is re-opened: the delays between attempts and what is retried.
+
+The policy is a value passed to the client (``reconnect_policy=``), never module state.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from email.utils import parsedate_to_datetime
+
+import attrs
+
+from ._spec import CLOSE_POLICY_VIOLATION
+from .exceptions import (
+    AuthenticationError,
+    ConnectionClosed,
+    HandshakeError,
+    ProtocolError,
+    RateLimitError,
+    ServiceUnavailableError,
+)
+
+__all__ = ["ReconnectPolicy", "parse_retry_after"]
+
+
+@attrs.frozen
+class ReconnectPolicy:
+    """Capped exponential backoff with full jitter (API.md "Reconnecting").
+
+    Attempt ``n`` (from 0) waits a uniformly random time in ``[0, min(maximum,
+    initial * factor ** n)]``; an error may demand a longer wait (:meth:`minimum_delay`).
+
+    Attributes:
+        initial: the first attempt's upper bound, seconds.
+        maximum: the cap on any backoff, seconds.
+        factor: growth per attempt.
+        policy_violation_delay: the least wait after a close with 1008 (PROTOCOL.md
+            section 2: the connection-limit race).
+        overload_delay: the least wait after 429/503 without ``Retry-After``.
+        max_retry_after: the most a ``Retry-After`` may impose, seconds.
+        max_attempts: give up after this many failed attempts in a row (None: never).
+        random: a source of floats in [0, 1) (tests inject a fixed one).
+    """
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    factor: float = 2.0
+    policy_violation_delay: float = 2.0
+    overload_delay: float = 5.0
+    max_retry_after: float = 300.0
+    max_attempts: int | None = None
+    random: Callable[[], float] = attrs.field(default=random.random, repr=False)
+
+    def delays(self) -> Iterator[float]:
+        """The backoff before each attempt, forever (or ``max_attempts`` of them)."""
+        attempt = 0
+        while self.max_attempts is None or attempt < self.max_attempts:
+            bound = min(self.maximum, self.initial * self.factor**attempt)
+            yield self.random() * bound
+            attempt += 1
+
+    def is_retryable(self, error: BaseException) -> bool:
+        """Whether a connection that failed with ``error`` should be tried again.
+
+        A 401 is final (PROTOCOL.md section 2); so is any other 4xx refusal but 408/429,
+        since asking again will not change the answer.
+        """
+        if isinstance(error, AuthenticationError):
+            return False
+        if isinstance(error, HandshakeError):
+            return error.status >= 500 or error.status in (408, 429)
+        return isinstance(error, (ConnectionClosed, OSError, TimeoutError, ProtocolError))
+
+    def minimum_delay(self, error: BaseException) -> float:
+        """The least wait before the next attempt that ``error`` demands.
+
+        1008 waits at least ``policy_violation_delay``; 429/503 honour ``Retry-After``
+        (capped at ``max_retry_after``), else ``overload_delay``.
+        """
+        if isinstance(error, ConnectionClosed) and error.code == CLOSE_POLICY_VIOLATION:
+            return self.policy_violation_delay
+        if isinstance(error, (RateLimitError, ServiceUnavailableError)):
+            retry_after = getattr(error, "retry_after", None)
+            if retry_after is None:
+                retry_after = parse_retry_after(error.headers.get("retry-after"))
+            if retry_after is not None:
+                return min(retry_after, self.max_retry_after)
+            return self.overload_delay
+        return 0.0
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Read a ``Retry-After`` header: seconds, or an HTTP date.
+
+    Args:
+        value: the header's value (None when absent).
+        now: the current POSIX time for the date form (None: the real one).
+
+    Returns:
+        Seconds to wait (never negative), or None when absent or unreadable.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if now is None:
+            import time
+
+            now = time.time()
+        seconds = when.timestamp() - now
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, seconds)
