@@ -828,3 +828,28 @@ def test_api_key_never_appears_in_logs_reprs_or_errors(
     texts += [str(r.exc_info[1]) for r in caplog.records if r.exc_info]
     assert texts
     assert not [t for t in texts if API_KEY in t]
+
+
+_EXIT_SCRIPT = textwrap.dedent(
+    """
+    import sys, c2sync
+    client = c2sync.connect(sys.argv[1], url=sys.argv[2])
+    client.subscribe(c2sync.SIGNAL, int(sys.argv[3]))
+    print("ready", flush=True)
+    # exits without close(): the client must still say goodbye with a close frame
+    """
+)
+
+
+def test_client_open_at_interpreter_exit_sends_a_close_frame(emulator: Emulator) -> None:
+    """A script that ends without close() still closes its connection with code 1000."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _EXIT_SCRIPT, API_KEY, emulator.url, str(STRATEGY)],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "ready" in proc.stdout
+    emulator.wait_for_connections(0, WAIT)
+    assert emulator.connections[0].close_code == 1000
