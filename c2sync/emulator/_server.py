@@ -272,6 +272,8 @@ class Emulator:
             ValueError: a limit or interval is out of range, or a strategy id is not a
                 positive int.
         """
+        if isinstance(api_keys, str):
+            raise TypeError("api_keys is a collection of keys, not one string")
         self._api_keys = frozenset(api_keys)
         self._strategies = frozenset(validate_strategy_id(s) for s in strategies)
         if heartbeat_interval <= 0 or heartbeat_grace < 0:
@@ -489,13 +491,16 @@ class Emulator:
 
     def last_seq(self, strategy_id: int) -> int:
         """The ``seq_id`` of the strategy's latest signal, 0 before the first."""
-        return self._call(lambda: self._seq.get(strategy_id, 0))
+        return self._seq.get(strategy_id, 0)  # one dict read: atomic, no need for the loop
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         """Block until ``predicate()`` is true, re-checking on every change the emulator sees.
 
         Changes are: a connection accepted or ended, a handshake refused, a frame received,
-        a heartbeat sent. The predicate may read the emulator's properties.
+        a heartbeat sent. The predicate runs under the emulator's lock: it may read
+        :attr:`connections`, :attr:`open_connections`, the counters and :meth:`last_seq`,
+        but must not call the publishing methods or the fault knobs (they would wait on a
+        loop that waits on the lock). Never call this from the emulator's own thread.
 
         Args:
             predicate: a cheap check without side effects.
