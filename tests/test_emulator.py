@@ -411,6 +411,9 @@ def test_forbidden_strategy_error_without_request_id_like_the_docs() -> None:
     ):
         ws.send(request(strategy_id=FORBIDDEN, request_id="sub-9"))
         error = recv(ws)
+        emu.echo_request_id_on_error = True  # switchable while running
+        ws.send(request(strategy_id=FORBIDDEN, request_id="sub-10"))
+        assert recv(ws)["request_id"] == "sub-10"
     assert set(error) == {"msg_type", "id", "timestamp", "v", "payload"}
     assert error["payload"]["code"] == "FORBIDDEN"
 

@@ -104,8 +104,9 @@ class ConnectionRecord:
         close_code: the close code the client sent (1006 when the connection ended without
             a close frame from it), or None while open.
         close_reason: the close reason the client sent, or None while open.
-        sent_close_code: the close code the emulator sent, or None when it sent none.
-        sent_close_reason: the close reason the emulator sent, or None.
+        sent_close_code: the code of the close frame the emulator sent (its own, or its
+            echo of the client's), or None when it sent none.
+        sent_close_reason: the reason in that close frame, or None.
         frames: every data frame received from the client, in order.
         heartbeats: every heartbeat sent, in order, with its ack time.
         subscription_requests: every ``subscription.request`` received, in order.

@@ -466,6 +466,15 @@ class Emulator:
         return self._url
 
     @property
+    def echo_request_id_on_error(self) -> bool:
+        """Whether ``error`` answers carry the request's ``request_id``; settable any time."""
+        return self._echo_request_id
+
+    @echo_request_id_on_error.setter
+    def echo_request_id_on_error(self, value: bool) -> None:
+        self._echo_request_id = bool(value)
+
+    @property
     def open_connections(self) -> int:
         """How many accepted connections are open now."""
         with self._cond:
@@ -610,7 +619,8 @@ class Emulator:
         """Close connections with a close frame carrying ``code`` and ``reason``.
 
         The close frame goes after any frames already queued for the connection (a
-        published signal, say), so those are delivered first.
+        published signal, say), so those are delivered first; a stalled connection closes
+        once unstalled.
 
         Returns:
             How many connections were told to close.
