@@ -121,12 +121,17 @@ class Handle:
     number: int = attrs.field(repr=False)
 
 
+class _RequestLost(ConnectionClosed):
+    """The connection ended before a request was answered (it is sent again if reconnecting)."""
+
+
 class _Waiter:
     """One caller blocked on a request's answer."""
 
-    __slots__ = ("answer", "error", "event")
+    __slots__ = ("answer", "error", "event", "request_id")
 
-    def __init__(self) -> None:
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
         self.event = threading.Event()
         self.answer: SubscriptionAck | None = None
         self.error: BaseException | None = None
@@ -441,7 +446,7 @@ class _Session:
             timeout.__cause__ = loss
             loss = timeout
         for request_id in failed:
-            self._answer(request_id, error=ConnectionClosed(None, "", f"request lost: {loss}"))
+            self._answer(request_id, error=_RequestLost(None, "", f"request lost: {loss}"))
         return got_data, (None if closing else loss)
 
     def _on_frame(self, ws: Any, text: str | bytes) -> None:
@@ -706,11 +711,41 @@ class _Session:
         # Arguments are checked before anything else, so a bad one never waits or sends.
         self.protocol.check_request(action, channel, strategy_id, resume_from)
         deadline = time.monotonic() + timeout
-        waiter = _Waiter()
+        what = f"{action} {channel} {strategy_id}"
+        while True:
+            waiter = self._send_request(action, channel, strategy_id, resume_from, deadline, what)
+            if waiter is not None:
+                if not waiter.event.wait(max(0.0, deadline - time.monotonic())):
+                    self._abandon(waiter.request_id)
+                    if not waiter.event.is_set():  # else answered just now
+                        raise TimeoutError(f"no answer to {what} within {timeout:g} s")
+                if not isinstance(waiter.error, _RequestLost):
+                    break
+            if not self.reconnect:
+                raise ConnectionClosed(None, "", f"the connection was lost before {what}'s answer")
+            # The connection dropped under the request: send it again once reconnected
+            # (subscribing is idempotent, PROTOCOL.md section 6).
+            logger.info("connection lost before %s was answered; sending it again", what)
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.answer is not None
+        return waiter.answer
+
+    def _send_request(
+        self,
+        action: str,
+        channel: str,
+        strategy_id: int,
+        resume_from: int | None,
+        deadline: float,
+        what: str,
+    ) -> _Waiter | None:
+        """Register and send one request once connected. Returns its waiter, or None when
+        the send failed (the connection is being lost)."""
         # Requests are registered and sent in one order, so answers without a request_id
         # (matched oldest-first, PROTOCOL.md section 6) find the right request.
-        if not self._request_lock.acquire(timeout=max(0.0, timeout)):
-            raise TimeoutError(f"could not send {action} {channel} {strategy_id} in {timeout:g} s")
+        if not self._request_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise TimeoutError(f"could not send {what} in time")
         try:
             while True:
                 with self.lock:
@@ -719,33 +754,26 @@ class _Session:
                         request_id, frame = self.protocol.request(
                             action, channel, strategy_id, resume_from
                         )
+                        waiter = _Waiter(request_id)
                         self._waiters[request_id] = waiter
                         break
-                self._wait_open(deadline, timeout)
+                self._wait_open(deadline, what)
             try:
                 ws.send(frame)
             except (websocket.WebSocketException, OSError) as exc:
+                logger.debug("sending %s failed: %s", what, exc)
                 self._abandon(request_id)
-                raise ConnectionClosed(None, "", f"could not send the request: {exc}") from exc
+                return None
+            return waiter
         finally:
             self._request_lock.release()
-        if not waiter.event.wait(max(0.0, deadline - time.monotonic())):
-            self._abandon(request_id)
-            if not waiter.event.is_set():
-                raise TimeoutError(
-                    f"no answer to {action} {channel} {strategy_id} within {timeout:g} s"
-                )
-        if waiter.error is not None:
-            raise waiter.error
-        assert waiter.answer is not None
-        return waiter.answer
 
     def _abandon(self, request_id: str) -> None:
         with self.lock:
             self._waiters.pop(request_id, None)
             self.protocol.forget(request_id)
 
-    def _wait_open(self, deadline: float, timeout: float) -> None:
+    def _wait_open(self, deadline: float, what: str) -> None:
         """Wait (bounded) for a reconnect to finish, or raise why it cannot."""
         with self._queue_cond:
             while True:
@@ -757,7 +785,7 @@ class _Session:
                     return
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise TimeoutError(f"not connected within {timeout:g} s")
+                    raise TimeoutError(f"not connected in time to send {what}")
                 self._queue_waiting += 1
                 try:
                     self._queue_cond.wait(remaining)

@@ -595,9 +595,11 @@ def test_close_is_idempotent_and_leaves_nothing_behind(
     client: c2sync.Client, emulator: Emulator
 ) -> None:
     """close() twice is fine; then no client thread is alive and no socket is open."""
-    client.on(c2sync.SIGNAL, lambda m: None)  # start the dispatcher too
+    called = threading.Event()
+    client.on(c2sync.SIGNAL, lambda m: called.set())  # start the dispatcher too
     client.subscribe(c2sync.SIGNAL, STRATEGY)
     emulator.publish_signal(STRATEGY)
+    assert called.wait(WAIT)
     threads = client._session.threads()
     assert threads and all(t.is_alive() for t in threads)
     client.close()
@@ -713,9 +715,22 @@ def test_state_callbacks_report_open_and_closed(client: c2sync.Client) -> None:
 
 _SIGINT_SCRIPT = textwrap.dedent(
     """
-    import sys, c2sync
+    import sys, threading, c2sync
     client = c2sync.connect(sys.argv[1], url=sys.argv[2])
-    print("ready", flush=True)
+    session = client._session
+
+    def announce():
+        # Say "ready" only once the main thread waits inside recv(), so the signal
+        # interrupts the blocked call and not the code before it.
+        with session._queue_cond:
+            for _ in range(500):
+                if session._queue_waiting:
+                    print("ready", flush=True)
+                    return
+                session._queue_cond.wait(0.01)
+        print("never blocked", flush=True)
+
+    threading.Thread(target=announce, daemon=True).start()
     try:
         client.recv()
     except KeyboardInterrupt:
@@ -853,3 +868,31 @@ def test_client_open_at_interpreter_exit_sends_a_close_frame(emulator: Emulator)
     assert "ready" in proc.stdout
     emulator.wait_for_connections(0, WAIT)
     assert emulator.connections[0].close_code == 1000
+
+
+def test_request_in_flight_during_a_drop_is_sent_again_after_reconnecting(
+    make_client: MakeClient, emulator: Emulator
+) -> None:
+    """A subscribe() whose connection drops before the answer succeeds on the new one."""
+    client = make_client(
+        reconnect_policy=c2sync.ReconnectPolicy(initial=0.05, maximum=0.1), heartbeat_timeout=5
+    )
+    emulator.stall()  # the request goes out but is never answered on this connection
+    result: list[object] = []
+    worker = threading.Thread(
+        target=lambda: result.append(client.subscribe(c2sync.SIGNAL, STRATEGY, timeout=WAIT))
+    )
+    worker.start()
+    session = client._session
+    with session._queue_cond:  # wait (bounded) until the request is registered and sent
+        for _ in range(500):
+            if session._waiters:
+                break
+            session._queue_cond.wait(0.01)
+    assert session._waiters
+    emulator.drop()
+    worker.join(WAIT)
+    assert len(result) == 1 and isinstance(result[0], c2sync.SubscriptionAck)
+    assert client.subscriptions == {(c2sync.SIGNAL, STRATEGY)}
+    assert len(emulator.connections) == 2
+    assert [r.channel for r in emulator.connections[1].subscription_requests] == [c2sync.SIGNAL]
