@@ -323,7 +323,7 @@ def test_refused_subscription_raises_server_error(
     make_client: MakeClient, emulator: Emulator, echo: bool
 ) -> None:
     """FORBIDDEN, with or without request_id on the error, raises ServerError; not held."""
-    emulator._echo_request_id = echo  # the docs' example error carries no request_id
+    emulator.echo_request_id_on_error = echo  # the docs' example error carries no request_id
     client = make_client()
     with pytest.raises(c2sync.ServerError) as info:
         client.subscribe(c2sync.SIGNAL, FORBIDDEN_STRATEGY)
