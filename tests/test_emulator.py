@@ -370,6 +370,9 @@ def test_bad_request_fields_are_invalid_parameter(emu: Emulator) -> None:
         (request(strategy_id="12345678"), "StrategyId"),
         (request(strategy_id=0), "StrategyId"),
         (request(resume_from=-1), "ResumeFrom"),
+        (request(resume_from="9" * 5000), "ResumeFrom"),
+        (request(timestamp="9999-12-31T23:59:59-01:00"), "Timestamp"),
+        (request(timestamp="yesterday"), "Timestamp"),
         (request(channel="strategy.positions", resume_from=5), "ResumeFrom"),
     ]
     with connected(emu.url) as ws:
@@ -421,7 +424,8 @@ def test_forbidden_strategy_error_without_request_id_like_the_docs() -> None:
 def test_malformed_frames_get_an_error_and_the_connection_stays_up(emu: Emulator) -> None:
     """Bad JSON, a JSON array, binary and unknown msg_types get `error`; the link stays up."""
     with connected(emu.url) as ws:
-        for frame in ("not json {", "[1, 2]", b"\x00\x01", '{"msg_type": "dance"}'):
+        hostile = ("not json {", "[1, 2]", b"\x00\x01", '{"msg_type": "dance"}', "[" * 100_000)
+        for frame in hostile:
             ws.send(frame)
             error = recv(ws)
             assert error["msg_type"] == "error"

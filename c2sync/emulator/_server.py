@@ -189,8 +189,8 @@ def _parse_resume_from(value: object) -> int | None:
     """``resume_from`` as a non-negative int: a number or a numeric string (section 6)."""
     if type(value) is int and value >= 0:
         return value
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        return int(value)
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 20:
+        return int(value)  # bounded: int() refuses very long digit strings
     return None
 
 
@@ -896,7 +896,7 @@ class Emulator:
         if isinstance(data, str):
             try:
                 message = json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):  # bad JSON, or nested too deep
                 message = None
         with self._cond:
             session.frames.append(ReceivedFrame(time.monotonic(), data, message))
@@ -923,7 +923,7 @@ class Emulator:
             return _detail("Timestamp", "Timestamp is required")
         try:
             when = parse_timestamp(value)
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: at the datetime range's edges
             return _detail("Timestamp", "Timestamp is not an ISO-8601 UTC time")
         skew = abs((datetime.now(timezone.utc) - when).total_seconds())
         if skew > self._timestamp_window:
