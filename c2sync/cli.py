@@ -1,0 +1,712 @@
+"""The ``c2sync`` command (also ``python -m c2sync``): check a key, listen, run the emulator,
+or watch a demo.
+
+::
+
+    c2sync check                      # is my key accepted? prints the round-trip time
+    c2sync listen --signal 12345678   # print each message until Ctrl-C
+    c2sync emulator --signal-every 2  # a local server for testing your own code
+    c2sync demo                       # the whole flow in ten seconds, no key, no network
+
+The key comes from ``--api-key`` or ``C2_API_KEY``; the URL from ``--url`` or ``C2_WS_URL``
+(default :data:`c2sync.DEFAULT_URL`). Every error is one line on stderr, and the exit status
+says what went wrong (:data:`EXIT_CODES`). The API key is never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NoReturn, TextIO
+
+from . import (
+    DEFAULT_URL,
+    POSITIONS,
+    SIGNAL,
+    AuthenticationError,
+    C2Error,
+    Client,
+    ConnectionClosed,
+    ErrorMessage,
+    Gap,
+    HandshakeError,
+    Message,
+    Positions,
+    ReconnectPolicy,
+    ServerError,
+    Signal,
+    State,
+    __version__,
+)
+
+__all__ = [
+    "EXIT_AUTH",
+    "EXIT_CODES",
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_NETWORK",
+    "EXIT_OK",
+    "EXIT_REFUSED",
+    "EXIT_SUBSCRIPTION",
+    "main",
+]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_AUTH = 2
+EXIT_REFUSED = 3
+EXIT_NETWORK = 4
+EXIT_SUBSCRIPTION = 5
+EXIT_INTERRUPTED = 130
+
+#: What each exit status means (shown by ``c2sync --help`` and in the README).
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "success (and `listen` stopped with Ctrl-C)",
+    EXIT_ERROR: "any other error (the server broke the protocol, the emulator could not start)",
+    EXIT_AUTH: "no API key, the key was refused (HTTP 401), or a wrong command line",
+    EXIT_REFUSED: "the server refused the connection: HTTP 429 (rate or connection limit), "
+    "503, any other handshake status, or a close with 1008 right after the upgrade",
+    EXIT_NETWORK: "a timeout or a network error (host unreachable, connection lost, TLS)",
+    EXIT_SUBSCRIPTION: "the server refused a subscription (e.g. FORBIDDEN)",
+    EXIT_INTERRUPTED: "interrupted with Ctrl-C (any command but `listen`)",
+}
+
+_KEY_ENV = "C2_API_KEY"
+_URL_ENV = "C2_WS_URL"
+_PROG = "c2sync"
+
+logger = logging.getLogger("c2sync.cli")
+
+
+class _Failure(Exception):
+    """A failure to report as one line on stderr, with its exit status."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+
+def _exit_status(error: BaseException) -> int:
+    """The documented exit status for an error the library raised."""
+    if isinstance(error, AuthenticationError):
+        return EXIT_AUTH
+    if isinstance(error, HandshakeError):
+        return EXIT_REFUSED
+    if isinstance(error, ConnectionClosed) and error.code == 1008:
+        return EXIT_REFUSED  # PROTOCOL.md section 2: the connection-limit race
+    if isinstance(error, ServerError):
+        return EXIT_SUBSCRIPTION
+    if isinstance(error, (TimeoutError, OSError, ConnectionClosed)):
+        return EXIT_NETWORK
+    return EXIT_ERROR
+
+
+def _describe(error: BaseException) -> str:
+    """One readable line for an error (the library's messages never hold the key)."""
+    if isinstance(error, AuthenticationError):
+        why = error.message or "Invalid API key"
+        return f"the API key was refused (HTTP 401: {why}); check --api-key or {_KEY_ENV}"
+    if isinstance(error, ConnectionClosed) and error.code == 1008:
+        return (
+            "the server closed the connection at once (1008): too many connections for "
+            "this key? wait a few seconds and try again"
+        )
+    text = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, OSError) and not isinstance(error, TimeoutError):
+        return f"cannot reach the server: {text}"
+    if isinstance(error, TimeoutError):
+        return f"timed out: {text}"
+    if isinstance(error, ServerError):
+        return f"the server refused: {text}"
+    return text
+
+
+# Arguments ------------------------------------------------------------------------------
+
+
+def _strategy_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a strategy id: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"a strategy id is a positive integer, not {text}")
+    return value
+
+
+def _seq_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a seq_id: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a seq_id is not negative: {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit status 2 (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_AUTH, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _epilog() -> str:
+    lines = ["exit status:"]
+    lines += [f"  {code:>3}  {text}" for code, text in EXIT_CODES.items()]
+    lines.append("")
+    lines.append(f"The key comes from --api-key or ${_KEY_ENV}; the URL from --url or ${_URL_ENV}")
+    lines.append(f"(default {DEFAULT_URL}). The key is never printed.")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=_PROG,
+        description="A synchronous client for the Collective2 API v4 WebSocket.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"c2sync {__version__}")
+
+    connection = _Parser(add_help=False)
+    group = connection.add_argument_group("connection")
+    group.add_argument("--api-key", metavar="KEY", help=f"the API key (default: ${_KEY_ENV})")
+    group.add_argument(
+        "--url", metavar="URL", help=f"the WebSocket URL (default: ${_URL_ENV}, else {DEFAULT_URL})"
+    )
+    group.add_argument(
+        "--connect-timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds to wait for the connection (10)",
+    )
+    verbosity = _Parser(add_help=False)
+    verbosity.add_argument(
+        "-v", "--verbose", action="count", default=0, help="show the library's log (-vv: debug)"
+    )
+
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    check = commands.add_parser(
+        "check",
+        parents=[connection, verbosity],
+        help="verify the API key: connect, print the first message and the round-trip time",
+        description="Connect, print the first message and the round-trip time, and close. "
+        "With --strategy, also time a subscription's round trip.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument(
+        "--strategy",
+        type=_strategy_id,
+        metavar="ID",
+        help="also subscribe to this strategy's signals and time the server's ack",
+    )
+
+    listen = commands.add_parser(
+        "listen",
+        parents=[connection, verbosity],
+        help="subscribe and print each message until Ctrl-C",
+        description="Subscribe and print each message until Ctrl-C. Lost connections are "
+        "re-opened and signals resumed, as the library does. Status lines go to stderr.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    listen.add_argument(
+        "--signal",
+        type=_strategy_id,
+        action="append",
+        default=[],
+        metavar="ID",
+        help="subscribe to this strategy's signals (repeatable)",
+    )
+    listen.add_argument(
+        "--positions",
+        type=_strategy_id,
+        action="append",
+        default=[],
+        metavar="ID",
+        help="subscribe to this strategy's position updates (repeatable)",
+    )
+    listen.add_argument(
+        "--resume-from",
+        type=_seq_id,
+        metavar="N",
+        help="replay the signals after seq_id N (needs exactly one --signal)",
+    )
+    listen.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="keep the last processed seq_id per strategy in FILE and resume from it",
+    )
+    listen.add_argument(
+        "--json", action="store_true", help="print each message as one line of JSON (as received)"
+    )
+
+    commands.add_parser(
+        "emulator",
+        add_help=False,
+        help="run the local emulator (see c2sync emulator --help)",
+        description="Run the local Collective2 emulator; every option is the emulator's.",
+    )
+
+    demo = commands.add_parser(
+        "demo",
+        parents=[verbosity],
+        help="watch signals, heartbeats, a dropped connection and its resume (no key needed)",
+        description="Start the emulator in-process, connect to it, and show in about ten "
+        "seconds: signals arriving, heartbeats answered, a dropped connection, the signals "
+        "published meanwhile, and the resume without loss. Needs no key and no network.",
+    )
+    demo.add_argument(
+        "--strategy",
+        type=_strategy_id,
+        default=12345678,
+        metavar="ID",
+        help="the strategy id the demo uses (12345678)",
+    )
+    return parser
+
+
+def _setup_logging(verbose: int) -> None:
+    """Show the library's log on stderr only when asked: the commands print their own
+    status lines, and a failure is reported once, as one line."""
+    if not verbose:
+        logging.getLogger("c2sync").setLevel(logging.CRITICAL + 1)
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger("c2sync")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose == 1 else logging.DEBUG)
+
+
+def _api_key(args: argparse.Namespace) -> str:
+    key: str | None = args.api_key or os.environ.get(_KEY_ENV)
+    if not key:
+        raise _Failure(EXIT_AUTH, f"no API key: pass --api-key KEY or set {_KEY_ENV}")
+    return key
+
+
+def _url(args: argparse.Namespace) -> str:
+    url: str = args.url or os.environ.get(_URL_ENV) or DEFAULT_URL
+    if not url.startswith(("ws://", "wss://")):
+        raise _Failure(EXIT_AUTH, f"the URL must start with ws:// or wss://, not {url!r}")
+    return url
+
+
+def _err(text: str) -> None:
+    print(f"{_PROG}: {text}", file=sys.stderr, flush=True)
+
+
+# check ------------------------------------------------------------------------------------
+
+
+def _check(args: argparse.Namespace) -> int:
+    key, url = _api_key(args), _url(args)
+    client = Client(key, url=url, connect_timeout=args.connect_timeout, reconnect=False)
+    started = time.perf_counter()
+    try:
+        client.connect()
+        elapsed = time.perf_counter() - started
+        print(f"connected to {url}")
+        # The first message is always connection.connected: anything else raises
+        # ProtocolError above (PROTOCOL.md section 4).
+        print("first message: connection.connected")
+        steps = "TCP + TLS + upgrade" if url.startswith("wss://") else "TCP + upgrade"
+        print(f"round-trip: {elapsed * 1000:.1f} ms ({steps} + connection.connected)")
+        if args.strategy is not None:
+            started = time.perf_counter()
+            client.subscribe(SIGNAL, args.strategy, timeout=args.connect_timeout)
+            elapsed = time.perf_counter() - started
+            print(
+                f"subscribed to {SIGNAL} {args.strategy}: "
+                f"subscription.ack after {elapsed * 1000:.1f} ms"
+            )
+        print("the API key is valid")
+    finally:
+        client.close()
+    return EXIT_OK
+
+
+# listen -----------------------------------------------------------------------------------
+
+
+def format_message(message: Message) -> str:
+    """One human-readable line for a message (``--json`` prints ``message.raw`` instead).
+
+    Args:
+        message: any message the client hands out.
+
+    Returns:
+        The line, without a newline.
+    """
+    payload = json.dumps(dict(message.payload), separators=(",", ":"), default=str)
+    if isinstance(message, Signal):
+        return (
+            f"{message.msg_type} strategy={message.strategy_id} seq_id={message.seq_id} {payload}"
+        )
+    if isinstance(message, Positions):
+        return f"{message.msg_type} strategy={message.strategy_id} {payload}"
+    if isinstance(message, Gap):
+        return (
+            f"GAP strategy={message.strategy_id} after seq_id {message.from_seq}: "
+            f"{message.message} (fetch the missing signals from the REST API)"
+        )
+    if isinstance(message, ErrorMessage):
+        field = f" field={message.field}" if message.field else ""
+        return f"ERROR {message.code}{field}: {message.message}"
+    return f"{message.msg_type} {json.dumps(dict(message.raw), separators=(',', ':'), default=str)}"
+
+
+def _status_printer(url: str, stream: TextIO) -> Callable[[State], None]:
+    """An ``on_state`` callback printing one status line per change of state."""
+    opened = 0
+
+    def on_state(state: State) -> None:
+        nonlocal opened
+        if state is State.CONNECTING:
+            text = f"connecting to {url}"
+        elif state is State.OPEN:
+            opened += 1
+            text = f"connected to {url}" if opened == 1 else "reconnected; subscriptions restored"
+        elif state is State.RECONNECTING:
+            text = "connection lost; reconnecting (signals will resume from the last seq_id)"
+        else:
+            text = "closed"
+        print(f"{_PROG}: {text}", file=stream, flush=True)
+
+    return on_state
+
+
+def _listen(args: argparse.Namespace) -> int:
+    if not args.signal and not args.positions:
+        raise _Failure(EXIT_AUTH, "listen needs at least one --signal ID or --positions ID")
+    if args.resume_from is not None and len(args.signal) != 1:
+        raise _Failure(EXIT_AUTH, "--resume-from needs exactly one --signal ID")
+    key, url = _api_key(args), _url(args)
+    client = Client(
+        key, url=url, connect_timeout=args.connect_timeout, checkpoint=args.checkpoint or None
+    )
+    client.on_state(_status_printer(url, sys.stderr))
+    clean = False
+    try:
+        client.connect()
+        for strategy in args.signal:
+            client.subscribe(SIGNAL, strategy, resume_from=args.resume_from)
+            since = f", replaying after seq_id {args.resume_from}" if args.resume_from else ""
+            _err(f"subscribed to {SIGNAL} {strategy}{since}")
+        for strategy in args.positions:
+            client.subscribe(POSITIONS, strategy)
+            _err(f"subscribed to {POSITIONS} {strategy}")
+        _err("listening; Ctrl-C to stop")
+        for message in client:
+            if args.json:
+                line = json.dumps(dict(message.raw), separators=(",", ":"), default=str)
+            else:
+                line = format_message(message)
+            print(line, flush=True)
+        clean = True
+    except KeyboardInterrupt:
+        clean = True
+        _err("stopped")
+        return EXIT_OK
+    except BrokenPipeError:
+        clean = True
+        # The reader of our output went away (`| head`): stop quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    finally:
+        if clean:
+            client.close()
+        else:
+            client.close(1011, "client error")
+    return EXIT_OK
+
+
+# emulator ---------------------------------------------------------------------------------
+
+
+def _emulator(argv: Sequence[str]) -> int:
+    try:
+        from .emulator import main as emulator_main
+    except ImportError as exc:
+        raise _Failure(EXIT_ERROR, str(exc)) from exc
+    return emulator_main(list(argv), prog=f"{_PROG} emulator")
+
+
+# demo -------------------------------------------------------------------------------------
+
+_DEMO_HEARTBEAT = 0.5  # seconds between the demo emulator's heartbeats (30 s on the service)
+_DEMO_BACKOFF = 1.5  # seconds the demo client waits before reconnecting
+_DEMO_WAIT = 10.0  # the bound on every wait: reached only if something is broken
+_DEMO_PACE = 0.6  # seconds between steps, so a human can follow
+_SIDES = {"1": "BUY", "2": "SELL"}
+
+
+def _describe_order(payload: Any) -> str:
+    """A short description of a generated signal's order (its payload is free-form)."""
+    try:
+        side = _SIDES.get(str(payload.get("Side")), "?")
+        symbol = payload["C2Symbol"]["FullSymbol"]
+        text = f"{side} {payload.get('Quantity')} {symbol}"
+        if payload.get("Limit") is not None:
+            text += f" limit {payload['Limit']}"
+        elif payload.get("Stop") is not None:
+            text += f" stop {payload['Stop']}"
+        else:
+            text += " at market"
+        return text
+    except (AttributeError, KeyError, TypeError):
+        return json.dumps(dict(payload), default=str)[:60]
+
+
+class _Demo:
+    """The demo's shared state: what arrived, and events to wait on (bounded)."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.started = time.monotonic()
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.seq_ids: list[int] = []
+        self.positions = 0
+        self.states: list[State] = []
+        self.offline: set[int] = set()
+
+    def say(self, text: str) -> None:
+        with self.lock:
+            elapsed = time.monotonic() - self.started
+            print(f"[{elapsed:5.1f}s] {text}", file=self.out, flush=True)
+
+    def wait(self, what: str, predicate: Callable[[], bool]) -> None:
+        with self.changed:
+            if not self.changed.wait_for(predicate, _DEMO_WAIT):
+                raise _Failure(EXIT_ERROR, f"demo failed: {what} did not happen in time")
+
+    def wait_signal(self, seq_id: int) -> None:
+        self.wait(f"signal {seq_id}", lambda: seq_id in self.seq_ids)
+
+    def on_signal(self, message: Message) -> None:
+        assert isinstance(message, Signal)
+        note = (
+            "  (published while disconnected; replayed)" if message.seq_id in self.offline else ""
+        )
+        self.say(f"  signal   seq_id={message.seq_id:<3} {_describe_order(message.payload)}{note}")
+        with self.changed:
+            self.seq_ids.append(message.seq_id)
+            self.changed.notify_all()
+
+    def on_positions(self, message: Message) -> None:
+        count = len(message.payload.get("Positions") or ())
+        self.say(f"  positions update: {count} open positions")
+        with self.changed:
+            self.positions += 1
+            self.changed.notify_all()
+
+    def on_gap(self, message: Message) -> None:
+        self.say(f"  GAP: {message}")
+
+    def on_state(self, state: State) -> None:
+        self.say(f"state: {state.name}")
+        with self.changed:
+            self.states.append(state)
+            self.changed.notify_all()
+
+
+@contextmanager
+def _demo_emulator(strategy: int, key: str) -> Iterator[Any]:
+    try:
+        from .emulator import Emulator
+    except ImportError as exc:
+        raise _Failure(EXIT_ERROR, str(exc)) from exc
+    emulator = Emulator(
+        api_keys={key},
+        strategies={strategy},
+        heartbeat_interval=_DEMO_HEARTBEAT,
+        heartbeat_grace=_DEMO_HEARTBEAT,
+        host="127.0.0.1",
+        port=0,
+    )
+    try:
+        emulator.start()
+    except (OSError, RuntimeError, TimeoutError) as exc:
+        raise _Failure(EXIT_ERROR, f"cannot start the emulator: {exc}") from exc
+    try:
+        yield emulator
+    finally:
+        emulator.close()
+
+
+def _demo(args: argparse.Namespace) -> int:
+    out = sys.stdout
+    demo = _Demo(out)
+    strategy: int = args.strategy
+    key = secrets.token_urlsafe(16)  # a throwaway key, known only to this process
+    demo.say("c2sync demo: a local emulator in this process; no API key, no network")
+    with _demo_emulator(strategy, key) as emu:
+        demo.say(
+            f"emulator listening on {emu.url} (heartbeat every {_DEMO_HEARTBEAT:g} s; "
+            "the real service sends one every 30 s)"
+        )
+        # A fixed backoff so the disconnected window is long enough to publish into.
+        policy = ReconnectPolicy(initial=_DEMO_BACKOFF, random=lambda: 1.0)
+        client = Client(
+            key,
+            url=emu.url,
+            heartbeat_timeout=4 * _DEMO_HEARTBEAT,
+            connect_timeout=5.0,
+            reconnect_policy=policy,
+        )
+        try:
+            return _demo_flow(demo, emu, client, strategy)
+        finally:
+            client.close()
+            demo.say(f"closed: {client!r}")
+
+
+def _demo_flow(demo: _Demo, emu: Any, client: Client, strategy: int) -> int:
+    client.on_state(demo.on_state)
+    client.on(SIGNAL, demo.on_signal)
+    client.on(POSITIONS, demo.on_positions)
+    client.on("gap", demo.on_gap)
+
+    demo.say("1. connect and subscribe")
+    client.connect()
+    client.subscribe(SIGNAL, strategy)
+    client.subscribe(POSITIONS, strategy)
+    demo.say(f"subscribed to {SIGNAL} and {POSITIONS} of strategy {strategy}")
+
+    demo.say("2. live signals: the emulator publishes, callbacks print them as they arrive")
+    for _ in range(3):
+        seq = emu.publish_signal(strategy)
+        demo.wait_signal(seq)
+        time.sleep(_DEMO_PACE)
+    emu.publish_positions(strategy)
+    demo.wait("the positions update", lambda: demo.positions >= 1)
+
+    time.sleep(_DEMO_PACE)
+    demo.say("3. heartbeats: answered by the client's reader thread, whatever your code does")
+
+    def delays() -> list[float]:
+        record = emu.connections[-1]
+        return [b.acked_at - b.sent_at for b in record.heartbeats if b.acked_at is not None]
+
+    # The emulator's own record: it wakes this wait on every frame it receives.
+    wanted = len(delays()) + 2
+    try:
+        emu.wait_for(lambda: len(delays()) >= wanted, _DEMO_WAIT)
+    except TimeoutError:
+        raise _Failure(EXIT_ERROR, "demo failed: heartbeats were not answered") from None
+    acked = delays()
+    stats = client.stats
+    demo.say(
+        f"  client.stats: heartbeats={stats.heartbeats} acks_sent={stats.acks_sent}; the emulator "
+        f"received {len(acked)} acks, the slowest {max(acked) * 1000:.1f} ms after its heartbeat"
+    )
+
+    time.sleep(_DEMO_PACE)
+    demo.say("4. the connection drops (emulator.drop(): no close frame, like a network cut)")
+    before = list(demo.seq_ids)
+    emu.drop()
+    demo.wait("the client noticing", lambda: State.RECONNECTING in demo.states)
+    for _ in range(3):
+        seq = emu.publish_signal(strategy)
+        demo.offline.add(seq)
+        demo.say(f"  emulator published seq_id={seq} while the client is disconnected")
+
+    demo.say("5. the client reconnects, resubscribes with resume_from, and the replay fills in")
+    demo.wait("the reconnect", lambda: demo.states.count(State.OPEN) >= 2)
+    demo.wait_signal(max(demo.offline))
+    resumes = [
+        r.resume_from
+        for r in emu.connections[-1].subscription_requests
+        if r.channel == SIGNAL and r.resume_from is not None
+    ]
+    if resumes:
+        demo.say(f"  the client resubscribed with resume_from={resumes[0]} (the last seq_id seen)")
+    for _ in range(2):
+        time.sleep(_DEMO_PACE)
+        demo.wait_signal(emu.publish_signal(strategy))
+    time.sleep(_DEMO_PACE)
+
+    published = list(range(1, emu.last_seq(strategy) + 1))
+    with demo.lock:
+        received = list(demo.seq_ids)
+    demo.say("6. the result")
+    demo.say(f"  published: {published}")
+    demo.say(f"  received:  {received}")
+    demo.say(f"  before the drop {before}, after it {received[len(before) :]}")
+    stats = client.stats
+    demo.say(
+        f"  client.stats: messages={stats.messages} heartbeats={stats.heartbeats} "
+        f"acks_sent={stats.acks_sent} reconnects={stats.reconnects} "
+        f"duplicates dropped={stats.duplicates}"
+    )
+    if received != published:
+        missing = sorted(set(published) - set(received))
+        raise _Failure(EXIT_ERROR, f"demo failed: received {received}, missing {missing}")
+    demo.say(
+        f"no signal lost, none duplicated: {len(received)} signals in order across "
+        f"{stats.reconnects} reconnect(s)"
+    )
+    return EXIT_OK
+
+
+# main -------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``c2sync`` command.
+
+    Args:
+        argv: the arguments without the program name; None reads ``sys.argv``.
+
+    Returns:
+        The exit status (see :data:`EXIT_CODES`).
+    """
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args_list and args_list[0] == "emulator":
+            # Every option after `emulator` is the emulator's own (one parser, one help).
+            return _emulator(args_list[1:])
+        args = _parser().parse_args(args_list)
+        _setup_logging(getattr(args, "verbose", 0))
+        command: Callable[[argparse.Namespace], int] = {
+            "check": _check,
+            "listen": _listen,
+            "demo": _demo,
+        }[args.command]
+        return command(args)
+    except _Failure as failure:
+        _err(failure.text)
+        return failure.status
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return EXIT_INTERRUPTED
+    except (C2Error, OSError, TimeoutError, ValueError) as error:
+        _err(_describe(error))
+        return _exit_status(error) if not isinstance(error, ValueError) else EXIT_AUTH
