@@ -795,6 +795,7 @@ class Emulator:
     # -- a connection -------------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
+        """One upgraded connection: its first frame, writer, heartbeats and reads."""
         assert ws.request is not None
         headers: dict[str, str] = {}
         for name, value in ws.request.headers.raw_items():
