@@ -1,0 +1,496 @@
+"""Nothing is lost across reconnects: every fault, every signal once and in order.
+
+API.md "Reconnecting" and "Receiving"; PROTOCOL.md sections 7 (seq_id, resume, gap) and 9
+(close codes). Each test publishes signals before, during and after a fault and checks the
+user saw ``1..N`` exactly once, in order, and that the resubscription asked for the right
+``resume_from``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import c2sync
+from c2sync.emulator import Emulator
+from c2sync.emulator._records import ConnectionRecord, SubscriptionRequestRecord
+
+from .conftest import (
+    API_KEY,
+    HEARTBEAT_GRACE,
+    HEARTBEAT_INTERVAL,
+    OTHER_STRATEGY,
+    STRATEGY,
+    WAIT,
+)
+
+State = c2sync.State
+
+# The first attempt after a loss waits exactly BACKOFF (random() is pinned to 1.0): a window
+# in which the test publishes while the client is certainly disconnected, so those signals
+# can only arrive by the replay.
+BACKOFF = 0.4
+POLICY_VIOLATION_DELAY = 0.8  # distinguishable from BACKOFF
+OVERLOAD_DELAY = 0.2
+RETRY_AFTER = 1  # seconds, sent on the 429
+POLICY = c2sync.ReconnectPolicy(
+    initial=BACKOFF,
+    maximum=BACKOFF,
+    random=lambda: 1.0,
+    policy_violation_delay=POLICY_VIOLATION_DELAY,
+    overload_delay=OVERLOAD_DELAY,
+)
+FAST = c2sync.ReconnectPolicy(
+    initial=0.05, maximum=0.2, policy_violation_delay=0.3, overload_delay=0.2
+)
+HEARTBEAT_TIMEOUT = 1.0  # five emulator heartbeats
+
+
+class Recorder:
+    """What a client handed out and the states it reported, with bounded waits on both.
+
+    In ``"recv"`` mode the test thread fills it by calling ``recv()``; in ``"callback"`` mode a
+    ``"*"`` callback does, on the client's dispatcher thread.
+    """
+
+    def __init__(self, client: c2sync.Client, mode: str) -> None:
+        self.client = client
+        self.mode = mode
+        self.cond = threading.Condition()
+        self.messages: list[c2sync.Message] = []
+        self.states: list[State] = []
+        self.state_times: list[tuple[State, float]] = []
+
+    def on_message(self, message: c2sync.Message) -> None:
+        with self.cond:
+            self.messages.append(message)
+            self.cond.notify_all()
+
+    def on_state(self, state: State) -> None:
+        with self.cond:
+            self.states.append(state)
+            self.state_times.append((state, time.monotonic()))
+            self.cond.notify_all()
+
+    def signals(self, strategy_id: int = STRATEGY) -> list[int]:
+        with self.cond:
+            return [
+                m.seq_id
+                for m in self.messages
+                if isinstance(m, c2sync.Signal) and m.strategy_id == strategy_id
+            ]
+
+    def last(self, strategy_id: int = STRATEGY) -> int:
+        seqs = self.signals(strategy_id)
+        return seqs[-1] if seqs else 0
+
+    def take(self, predicate: Callable[[], bool], timeout: float = WAIT) -> None:
+        """Receive (recv mode) or wait for the callbacks (callback mode) until ``predicate``."""
+        if self.mode == "recv":
+            deadline = time.monotonic() + timeout
+            while not predicate():
+                self.on_message(self.client.recv(timeout=max(0.0, deadline - time.monotonic())))
+            return
+        self.wait(predicate, timeout)
+
+    def wait(self, predicate: Callable[[], bool], timeout: float = WAIT) -> None:
+        with self.cond:
+            assert self.cond.wait_for(predicate, timeout), "condition not met in time"
+
+    def wait_state(self, state: State, count: int = 1) -> float:
+        """Wait until ``state`` was reported ``count`` times; return when it last was."""
+        self.wait(lambda: self.states.count(state) >= count)
+        with self.cond:
+            return [t for s, t in self.state_times if s is state][count - 1]
+
+
+OpenClient = Callable[..., tuple[c2sync.Client, Recorder]]
+
+
+@pytest.fixture
+def open_client(emulator: Emulator) -> Iterator[OpenClient]:
+    """Build, watch and connect clients (states recorded from CONNECTING on); close them all."""
+    clients: list[c2sync.Client] = []
+
+    def make(mode: str = "recv", **options: Any) -> tuple[c2sync.Client, Recorder]:
+        options.setdefault("url", emulator.url)
+        options.setdefault("heartbeat_timeout", HEARTBEAT_TIMEOUT)
+        options.setdefault("connect_timeout", 5.0)
+        options.setdefault("reconnect_policy", POLICY)
+        client = c2sync.Client(API_KEY, **options)
+        clients.append(client)
+        recorder = Recorder(client, mode)
+        client.on_state(recorder.on_state)
+        if mode == "callback":
+            client.on("*", recorder.on_message)
+        client.connect()
+        return client, recorder
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def publish(emulator: Emulator, count: int, strategy_id: int = STRATEGY) -> list[int]:
+    return [emulator.publish_signal(strategy_id) for _ in range(count)]
+
+
+def eventually(emulator: Emulator, predicate: Callable[[], bool]) -> None:
+    """Wait for a client-side condition; the emulator re-checks it at least at every
+    heartbeat it sends (every HEARTBEAT_INTERVAL), so this is bounded, not a sleep loop."""
+    emulator.wait_for(predicate, WAIT)
+
+
+def wait_resubscribed(emulator: Emulator, requests: int) -> ConnectionRecord:
+    """Wait until the second connection has received ``requests`` subscription requests."""
+    emulator.wait_for(
+        lambda: (
+            len(emulator.connections) >= 2
+            and len(emulator.connections[1].subscription_requests) >= requests
+        ),
+        WAIT,
+    )
+    return emulator.connections[1]
+
+
+def requests_of(record: ConnectionRecord, channel: str) -> list[SubscriptionRequestRecord]:
+    return [r for r in record.subscription_requests if r.channel == channel]
+
+
+# The fault matrix ---------------------------------------------------------------------------
+
+
+def _close_with(code: int) -> Callable[[Emulator], object]:
+    return lambda emulator: emulator.close_connections(code, "going away for the test")
+
+
+def _refuse_then_drop(emulator: Emulator) -> None:
+    emulator.refuse_next(1, 429, headers={"Retry-After": str(RETRY_AFTER)})
+    emulator.refuse_next(2, 503)
+    emulator.drop()
+
+
+FAULTS: dict[str, Callable[[Emulator], object]] = {
+    "drop": lambda emulator: emulator.drop(),
+    "close-1000": _close_with(1000),
+    "close-1001": _close_with(1001),
+    "close-1011": _close_with(1011),
+    "close-1008": _close_with(1008),
+    "heartbeats-stopped": lambda emulator: emulator.stop_heartbeats(),
+    "stalled": lambda emulator: emulator.stall(),
+    "refused-429-then-503": _refuse_then_drop,
+}
+
+
+@pytest.mark.parametrize("mode", ["recv", "callback"])
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_every_signal_arrives_once_in_order_across_a_fault(
+    open_client: OpenClient,
+    emulator: Emulator,
+    caplog: pytest.LogCaptureFixture,
+    fault: str,
+    mode: str,
+) -> None:
+    """After any lost connection, signals published before, during and after arrive once, in
+    order; subscriptions come back with resume_from = the last one handed out."""
+    caplog.set_level(logging.WARNING, logger="c2sync")
+    client, rec = open_client(mode)
+    client.subscribe(c2sync.SIGNAL, STRATEGY)
+    client.subscribe(c2sync.POSITIONS, STRATEGY)
+    publish(emulator, 5)
+    rec.take(lambda: rec.last() == 5)
+    publish(emulator, 3)  # 6..8
+    if mode == "recv":
+        # Arrived and queued, not yet handed out: the resume point stays at 5, and the replay
+        # of 6..8 must not deliver them twice.
+        eventually(emulator, lambda: client.stats.messages >= 8)
+        handed_out = 5
+    else:
+        rec.take(lambda: rec.last() == 8)
+        handed_out = 8
+    refused_before = emulator.handshakes_refused
+
+    FAULTS[fault](emulator)
+    lost_at = rec.wait_state(State.RECONNECTING)
+    if fault == "heartbeats-stopped":
+        emulator.resume_heartbeats()  # so the new connection lives
+    publish(emulator, 4)  # 9..12, while disconnected
+    published_at = time.monotonic()
+    if fault.startswith("refused"):
+        emulator.wait_for(lambda: emulator.handshakes_refused >= refused_before + 1, WAIT)
+        first_refusal = time.monotonic()
+        emulator.wait_for(lambda: emulator.handshakes_refused >= refused_before + 2, WAIT)
+        assert time.monotonic() - first_refusal >= RETRY_AFTER * 0.9, "Retry-After ignored"
+    rec.wait_state(State.OPEN, count=2)
+    wait_resubscribed(emulator, 2)
+    emulator.publish_positions(STRATEGY)
+    publish(emulator, 8)  # 13..20, live
+    rec.take(lambda: rec.last() == 20)
+    rec.take(lambda: any(isinstance(m, c2sync.Positions) for m in rec.messages))
+
+    assert rec.signals() == list(range(1, 21))
+    assert client.stats.reconnects == 1
+    assert client.state is State.OPEN
+    rec.wait(lambda: len(rec.states) >= 4)
+    assert rec.states == [State.CONNECTING, State.OPEN, State.RECONNECTING, State.OPEN]
+
+    first, again = emulator.connections[0], emulator.connections[1]
+    assert [r.resume_from for r in first.subscription_requests] == [None, None]
+    (signal_request,) = requests_of(again, c2sync.SIGNAL)
+    (positions_request,) = requests_of(again, c2sync.POSITIONS)
+    assert signal_request.resume_from == handed_out
+    assert positions_request.resume_from is None
+    assert (signal_request.error, positions_request.error) == (None, None)
+    assert signal_request.at > published_at, "9..12 were not published while disconnected"
+    assert again.subscriptions == {(c2sync.SIGNAL, STRATEGY), (c2sync.POSITIONS, STRATEGY)}
+    # The new connection is healthy: its heartbeats are answered.
+    emulator.wait_for(lambda: any(h.acked_at for h in emulator.connections[1].heartbeats), WAIT)
+
+    if fault in ("heartbeats-stopped", "stalled"):
+        assert any("no heartbeat" in r.getMessage() for r in caplog.records)
+    if fault == "close-1008":
+        assert again.opened_at - lost_at >= POLICY_VIOLATION_DELAY * 0.9
+    else:
+        assert again.opened_at - lost_at >= BACKOFF * 0.9
+    if fault.startswith("refused"):
+        assert emulator.handshakes_refused - refused_before == 3
+
+
+# Final failures -----------------------------------------------------------------------------
+
+
+def _consume_until_error(client: c2sync.Client, how: str, seen: list[Any]) -> None:
+    try:
+        if how == "recv":
+            while True:
+                seen.append(client.recv(timeout=WAIT))
+        elif how == "iteration":
+            for message in client:
+                seen.append(message)
+            seen.append("ended quietly")
+        else:
+            client.run_forever()
+            seen.append("returned")
+    except BaseException as exc:
+        seen.append(exc)
+
+
+@pytest.mark.parametrize("how", ["recv", "iteration", "run_forever"])
+def test_401_on_reconnect_ends_the_client_without_retrying(
+    open_client: OpenClient, emulator: Emulator, how: str
+) -> None:
+    """A 401 while reconnecting is final: queued messages first, then AuthenticationError from
+    recv()/iteration/run_forever, and no further handshakes."""
+    client, rec = open_client(reconnect_policy=FAST)
+    client.subscribe(c2sync.SIGNAL, STRATEGY)
+    publish(emulator, 3)
+    eventually(emulator, lambda: client.stats.messages >= 3)
+    seen: list[Any] = []
+    worker = threading.Thread(target=_consume_until_error, args=(client, how, seen))
+    worker.start()
+    emulator.refuse_next(5, 401)
+    emulator.drop()
+    worker.join(WAIT)
+    assert not worker.is_alive(), "the blocked call was not woken"
+    error = seen[-1]
+    assert isinstance(error, c2sync.AuthenticationError), seen
+    assert error.status == 401
+    if how != "run_forever":
+        assert [m.seq_id for m in seen[:-1]] == [1, 2, 3]
+    assert client.state is State.CLOSED
+    assert emulator.handshakes_refused == 1
+    with pytest.raises(TimeoutError):  # nobody knocks again
+        emulator.wait_for(lambda: emulator.handshakes_refused > 1, 1.0)
+    assert emulator.handshakes_accepted == 1
+    if how == "run_forever":  # nobody took the queued messages yet: they still come first
+        assert [client.recv(timeout=0).seq_id for _ in range(3)] == [1, 2, 3]
+    with pytest.raises(c2sync.AuthenticationError):
+        client.recv(timeout=0)
+    rec.wait(lambda: rec.states[-1:] == [State.CLOSED])
+    assert State.OPEN not in rec.states[rec.states.index(State.RECONNECTING) :]
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected", "code"),
+    [
+        ("drop", c2sync.ConnectionClosed, None),
+        ("close-1001", c2sync.ConnectionClosed, 1001),
+        ("heartbeats-stopped", c2sync.HeartbeatTimeout, None),
+    ],
+)
+def test_without_reconnect_the_first_loss_ends_the_client(
+    open_client: OpenClient,
+    emulator: Emulator,
+    fault: str,
+    expected: type[Exception],
+    code: int | None,
+) -> None:
+    """reconnect=False: queued messages are handed out, then the loss is raised, for good."""
+    client, _ = open_client(reconnect=False)
+    client.subscribe(c2sync.SIGNAL, STRATEGY)
+    publish(emulator, 3)
+    eventually(emulator, lambda: client.stats.messages >= 3)
+    FAULTS[fault](emulator)
+    assert [client.recv(timeout=WAIT).seq_id for _ in range(3)] == [1, 2, 3]
+    with pytest.raises(expected) as info:
+        client.recv(timeout=WAIT)
+    assert type(info.value) is expected
+    if code is not None:
+        assert info.value.code == code
+    assert client.state is State.CLOSED
+    with pytest.raises(expected):
+        list(client)
+    with pytest.raises(expected):
+        client.run_forever()
+    assert emulator.handshakes_accepted == 1
+    emulator.wait_for_connections(0, WAIT)
+
+
+# Replay limits and duplicates ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("max_replay", [5, 1000])
+def test_more_missed_than_the_replay_holds_gives_a_gap_then_live_signals(
+    caplog: pytest.LogCaptureFixture, max_replay: int
+) -> None:
+    """Missing more than the replay window: the replay, then a Gap (logged as a warning),
+    then live signals carry on."""
+    caplog.set_level(logging.WARNING, logger="c2sync")
+    missed = max_replay + 15
+    with Emulator(
+        api_keys={API_KEY},
+        strategies={STRATEGY},
+        heartbeat_interval=HEARTBEAT_INTERVAL,
+        heartbeat_grace=HEARTBEAT_GRACE,
+        max_replay=max_replay,
+    ) as emulator:
+        client = c2sync.Client(
+            API_KEY, url=emulator.url, heartbeat_timeout=HEARTBEAT_TIMEOUT, reconnect_policy=POLICY
+        )
+        rec = Recorder(client, "recv")
+        client.on_state(rec.on_state)
+        with client:
+            client.subscribe(c2sync.SIGNAL, STRATEGY)
+            publish(emulator, 3)
+            rec.take(lambda: rec.last() == 3)
+            # Keep the client away long enough to publish everything while it is gone.
+            emulator.refuse_next(1, 503, headers={"Retry-After": "2"})
+            emulator.drop()
+            rec.wait_state(State.RECONNECTING)
+            publish(emulator, missed)  # 4 .. 3 + missed
+            published_at = time.monotonic()
+            rec.wait_state(State.OPEN, count=2)
+            wait_resubscribed(emulator, 1)
+            live = publish(emulator, 5)
+            rec.take(lambda: rec.last() == live[-1])
+            (request,) = emulator.connections[1].subscription_requests
+            assert request.resume_from == 3 and request.at > published_at
+
+    after = rec.messages[3:]
+    replayed = list(range(4, 4 + max_replay))
+    assert [m.seq_id for m in after[:max_replay]] == replayed
+    gap = after[max_replay]
+    assert isinstance(gap, c2sync.Gap)
+    assert (gap.strategy_id, gap.from_seq) == (STRATEGY, 3)
+    assert [m.seq_id for m in after[max_replay + 1 :]] == live
+    assert any(
+        r.levelno == logging.WARNING and "gap" in r.getMessage().lower() for r in caplog.records
+    )
+
+
+def test_queued_unread_signals_are_not_delivered_twice_after_the_replay(
+    open_client: OpenClient, emulator: Emulator
+) -> None:
+    """Signals queued but unread at the drop are replayed by the server and dropped as
+    duplicates: each seq_id reaches the user once (PROTOCOL.md section 7)."""
+    client, rec = open_client(reconnect_policy=FAST)
+    client.subscribe(c2sync.SIGNAL, STRATEGY)
+    publish(emulator, 10)
+    eventually(emulator, lambda: client.stats.messages >= 10)
+    rec.take(lambda: rec.last() == 4)
+    emulator.drop()
+    rec.wait_state(State.OPEN, count=2)
+    wait_resubscribed(emulator, 1)
+    publish(emulator, 5)  # 11..15
+    rec.take(lambda: rec.last() == 15)
+    assert rec.signals() == list(range(1, 16))
+    (request,) = emulator.connections[1].subscription_requests
+    assert request.resume_from == 4
+    assert client.stats.duplicates == 6  # 5..10 came again in the replay
+
+
+def test_a_signal_sent_twice_by_the_server_is_delivered_once(
+    client: c2sync.Client, emulator: Emulator
+) -> None:
+    """A frame repeating an earlier seq_id (the replay/live overlap) is dropped."""
+    client.subscribe(c2sync.SIGNAL, STRATEGY)
+    publish(emulator, 3)
+    assert [client.recv(timeout=WAIT).seq_id for _ in range(3)] == [1, 2, 3]
+    for seq in (2, 3):
+        frame = {
+            "msg_type": "strategy.signal",
+            "id": f"msg_again{seq}",
+            "seq_id": seq,
+            "timestamp": "2024-01-01T12:00:00Z",
+            "v": 4,
+            "payload": {"StrategyId": STRATEGY},
+        }
+        emulator.send_raw(json.dumps(frame))
+    publish(emulator, 1)
+    assert client.recv(timeout=WAIT).seq_id == 4
+    with pytest.raises(TimeoutError):
+        client.recv(timeout=0.1)
+    assert client.stats.duplicates == 2
+
+
+def test_each_strategy_resumes_from_its_own_last_signal(
+    open_client: OpenClient, emulator: Emulator
+) -> None:
+    """With two strategies, each resubscription resumes from that strategy's last seq_id."""
+    client, rec = open_client(reconnect_policy=FAST)
+    client.subscribe(c2sync.SIGNAL, STRATEGY)
+    client.subscribe(c2sync.SIGNAL, OTHER_STRATEGY)
+    publish(emulator, 4, STRATEGY)
+    publish(emulator, 2, OTHER_STRATEGY)
+    rec.take(lambda: rec.last(STRATEGY) == 4 and rec.last(OTHER_STRATEGY) == 2)
+    emulator.close_connections(1001)
+    rec.wait_state(State.OPEN, count=2)
+    again = wait_resubscribed(emulator, 2)
+    resumes = {r.strategy_id: r.resume_from for r in again.subscription_requests}
+    assert resumes == {STRATEGY: 4, OTHER_STRATEGY: 2}
+    publish(emulator, 2, STRATEGY)
+    publish(emulator, 2, OTHER_STRATEGY)
+    rec.take(lambda: rec.last(STRATEGY) == 6 and rec.last(OTHER_STRATEGY) == 4)
+    assert rec.signals(STRATEGY) == [1, 2, 3, 4, 5, 6]
+    assert rec.signals(OTHER_STRATEGY) == [1, 2, 3, 4]
+
+
+def test_subscribe_while_reconnecting_completes_on_the_new_connection(
+    open_client: OpenClient, emulator: Emulator
+) -> None:
+    """subscribe() called while the client is away waits for the reconnect, then succeeds."""
+    client, rec = open_client()
+    client.subscribe(c2sync.SIGNAL, STRATEGY)
+    emulator.refuse_next(1, 429, headers={"Retry-After": str(RETRY_AFTER)})
+    emulator.drop()
+    rec.wait_state(State.RECONNECTING)
+    ack = client.subscribe(c2sync.SIGNAL, OTHER_STRATEGY, timeout=WAIT)
+    assert ack.strategy_id == OTHER_STRATEGY
+    assert client.state is State.OPEN
+    assert client.subscriptions == {(c2sync.SIGNAL, STRATEGY), (c2sync.SIGNAL, OTHER_STRATEGY)}
+    emulator.wait_for(
+        lambda: (
+            emulator.connections[-1].subscriptions
+            == {(c2sync.SIGNAL, STRATEGY), (c2sync.SIGNAL, OTHER_STRATEGY)}
+        ),
+        WAIT,
+    )
+    publish(emulator, 1, OTHER_STRATEGY)
+    message = client.recv(timeout=WAIT)
+    assert (message.strategy_id, message.seq_id) == (OTHER_STRATEGY, 1)
