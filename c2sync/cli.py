@@ -27,12 +27,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn, TextIO
 
+import websocket
+
 from . import (
     DEFAULT_URL,
     POSITIONS,
     SIGNAL,
     AuthenticationError,
-    C2Error,
     Client,
     ConnectionClosed,
     ErrorMessage,
@@ -107,6 +108,10 @@ def _exit_status(error: BaseException) -> int:
         return EXIT_SUBSCRIPTION
     if isinstance(error, (TimeoutError, OSError, ConnectionClosed)):
         return EXIT_NETWORK
+    if isinstance(error, websocket.WebSocketException):
+        # websocket-client's own errors that c2sync lets through (e.g. a host name that
+        # does not resolve raises WebSocketAddressException, not an OSError).
+        return EXIT_NETWORK
     return EXIT_ERROR
 
 
@@ -121,7 +126,9 @@ def _describe(error: BaseException) -> str:
             "this key? wait a few seconds and try again"
         )
     text = " ".join(str(error).split()) or type(error).__name__
-    if isinstance(error, OSError) and not isinstance(error, TimeoutError):
+    if isinstance(error, (OSError, websocket.WebSocketException)) and not isinstance(
+        error, TimeoutError
+    ):
         return f"cannot reach the server: {text}"
     if isinstance(error, TimeoutError):
         return f"timed out: {text}"
@@ -707,6 +714,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted")
         return EXIT_INTERRUPTED
-    except (C2Error, OSError, TimeoutError, ValueError) as error:
+    except ValueError as error:  # a value the library refused (e.g. a malformed URL)
         _err(_describe(error))
-        return _exit_status(error) if not isinstance(error, ValueError) else EXIT_AUTH
+        return EXIT_AUTH
+    except Exception as error:  # never a traceback: one line, and -v shows the details
+        logger.debug("the command failed", exc_info=True)
+        _err(_describe(error))
+        return _exit_status(error)

@@ -33,7 +33,7 @@ try:
 except c2sync.AuthenticationError as exc:  # 401: never retry
     fail(f"the API key was refused: {exc.message}", 2)
 except c2sync.RateLimitError as exc:  # 429: too fast, or 10 connections for this key
-    wait = exc.retry_after if exc.retry_after is not None else "a few"
+    wait = f"{exc.retry_after:g}" if exc.retry_after is not None else "a few"
     fail(f"rate limited ({exc.code}); retry in {wait} s", 3)
 except c2sync.HandshakeError as exc:  # 503 and any other refusal
     fail(f"refused: HTTP {exc.status} {exc.message}", 3)

@@ -12,7 +12,7 @@ Two ways, both usable from pytest (copy this file into your tests as test_handle
 """
 
 import json
-import threading
+import queue
 
 import c2sync
 from c2sync.emulator import Emulator
@@ -56,13 +56,10 @@ def test_handler_unit() -> None:
 
 # --- 2. end to end: the real client against the emulator ---------------------------------
 def test_handler_with_emulator() -> None:
-    orders: list[dict[str, object]] = []
-    done = threading.Event()
+    orders: queue.Queue[dict[str, object]] = queue.Queue()
 
     def on_signal(signal: c2sync.Signal) -> None:
-        orders.append(handle_signal(signal))
-        if len(orders) == 4:
-            done.set()
+        orders.put(handle_signal(signal))  # runs on the client's dispatcher thread
 
     # Short heartbeats make liveness problems show up in a second, not in a minute.
     with (
@@ -74,12 +71,15 @@ def test_handler_with_emulator() -> None:
         mine = {"C2Symbol": {"FullSymbol": "MSFT"}, "Side": "2", "Quantity": 3}
         emu.publish_signal(STRATEGY, mine)  # a payload of your choosing
         emu.publish_signal(STRATEGY)  # a generated, plausible one
+        first = [orders.get(timeout=10), orders.get(timeout=10)]
         emu.drop()  # the network fails...
         emu.publish_signal(STRATEGY)  # ...and signals go on meanwhile
         emu.publish_signal(STRATEGY)
-        assert done.wait(10), f"only {len(orders)} orders"
-    assert [order["seq_id"] for order in orders] == [1, 2, 3, 4]  # none lost, none twice
-    assert orders[0] == {"seq_id": 1, "symbol": "MSFT", "side": "sell", "quantity": 3}
+        # The client reconnects and resumes after the last seq_id it handed out.
+        later = [orders.get(timeout=10), orders.get(timeout=10)]
+    assert first[0] == {"seq_id": 1, "symbol": "MSFT", "side": "sell", "quantity": 3}
+    assert [order["seq_id"] for order in first + later] == [1, 2, 3, 4]  # none lost or twice
+    assert orders.empty()
 
 
 if __name__ == "__main__":

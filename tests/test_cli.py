@@ -1,0 +1,438 @@
+"""The ``c2sync`` command: check, listen, emulator and demo, their one-line errors and exit
+statuses, and that the API key is never printed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from c2sync import cli
+from c2sync.emulator import Emulator
+
+from .conftest import API_KEY, FORBIDDEN_STRATEGY, STRATEGY, WAIT
+
+RUN_BOUND = 30.0  # seconds a command may run; never reached when it works
+
+
+def command() -> list[str]:
+    """The installed console script when there is one, else ``python -m c2sync``."""
+    script = Path(sys.executable).with_name("c2sync")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "c2sync"]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("C2_API_KEY", "C2_WS_URL")}
+    env.update(PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+@pytest.fixture
+def run_main(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., tuple[int, str, str]]]:
+    """Run ``cli.main(argv)`` in-process; return (status, stdout, stderr).
+
+    main() quiets the "c2sync" logger (a command prints its own lines): restore it after.
+    """
+    library = logging.getLogger("c2sync")
+    level, handlers = library.level, list(library.handlers)
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        try:
+            status = cli.main(list(argv))
+        except SystemExit as exc:  # argparse: usage errors and --help
+            status = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    yield run
+    library.setLevel(level)
+    library.handlers[:] = handlers
+
+
+def assert_one_line_error(err: str) -> None:
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("c2sync: ")
+    assert "Traceback" not in err
+
+
+class Lines:
+    """A subprocess's output lines, read in a thread so every wait is bounded."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.queue: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self.thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.queue.put(line.rstrip("\n"))
+        self.queue.put(None)
+
+    def next(self) -> str:
+        line = self.queue.get(timeout=WAIT)
+        assert line is not None, f"the stream ended; lines so far: {self.seen}"
+        self.seen.append(line)
+        return line
+
+    def until(self, predicate: Callable[[str], bool]) -> str:
+        while True:
+            line = self.next()
+            if predicate(line):
+                return line
+
+    def rest(self) -> list[str]:
+        self.thread.join(WAIT)
+        while True:
+            line = self.queue.get_nowait()
+            if line is None:
+                return self.seen
+            self.seen.append(line)
+
+
+@pytest.fixture
+def listen(
+    emulator: Emulator,
+) -> Iterator[Callable[..., tuple[subprocess.Popen[str], Lines, Lines]]]:
+    """Start ``c2sync listen ...`` against the emulator; it is stopped when the test ends."""
+    processes: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> tuple[subprocess.Popen[str], Lines, Lines]:
+        process = subprocess.Popen(
+            [*command(), "listen", *args],
+            env=clean_env(C2_API_KEY=API_KEY, C2_WS_URL=emulator.url),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        processes.append(process)
+        assert process.stdout is not None and process.stderr is not None
+        return process, Lines(process.stdout), Lines(process.stderr)
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait(WAIT)
+
+
+def wait_subscribed(emulator: Emulator, channel: str = "strategy.signal") -> None:
+    emulator.wait_for(
+        lambda: any(
+            (channel, STRATEGY) in r.subscriptions for r in emulator.connections if r.is_open
+        ),
+        WAIT,
+    )
+
+
+# check ----------------------------------------------------------------------------------
+
+
+def test_check_good_key(emulator: Emulator, run_main: Callable[..., tuple[int, str, str]]) -> None:
+    """`c2sync check` with a valid key prints the first message and the round-trip time and
+    exits 0."""
+    status, out, err = run_main("check", "--url", emulator.url, "--api-key", API_KEY)
+    assert status == 0, err
+    assert "first message: connection.connected" in out
+    assert "round-trip: " in out and " ms " in out
+    assert out.strip().endswith("the API key is valid")
+    assert API_KEY not in out + err
+    emulator.wait_for_connections(0, WAIT)
+    assert emulator.connections[0].close_code == 1000
+
+
+def test_check_times_a_subscription(
+    emulator: Emulator, run_main: Callable[..., tuple[int, str, str]]
+) -> None:
+    """`c2sync check --strategy ID` also reports the subscription's round trip."""
+    status, out, _ = run_main(
+        "check", "--url", emulator.url, "--api-key", API_KEY, "--strategy", str(STRATEGY)
+    )
+    assert status == 0
+    assert f"subscribed to strategy.signal {STRATEGY}: subscription.ack after " in out
+
+
+def test_check_bad_key_subprocess(emulator: Emulator) -> None:
+    """`c2sync check` with a refused key exits 2 with one readable line and no traceback."""
+    bad_key = "sk-wrong-0123456789abcdef"
+    result = subprocess.run(
+        [*command(), "check"],
+        env=clean_env(C2_API_KEY=bad_key, C2_WS_URL=emulator.url),
+        capture_output=True,
+        text=True,
+        timeout=RUN_BOUND,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert_one_line_error(result.stderr)
+    assert "API key was refused (HTTP 401" in result.stderr
+    assert bad_key not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "setup, extra, status, text",
+    [
+        pytest.param(lambda emu: None, ["--api-key", ""], 2, "no API key", id="no-key"),
+        pytest.param(
+            lambda emu: emu.refuse_next(1, 429, headers={"Retry-After": "3"}),
+            [],
+            3,
+            "HTTP 429 RATE_LIMITED",
+            id="429",
+        ),
+        pytest.param(
+            lambda emu: emu.refuse_next(1, 503), [], 3, "HTTP 503 SERVICE_UNAVAILABLE", id="503"
+        ),
+        pytest.param(lambda emu: emu.accept_then_close(1), [], 3, "(1008)", id="1008"),
+        pytest.param(
+            lambda emu: (emu.stop_heartbeats(), emu.override_first_message(None)),
+            ["--connect-timeout", "0.5"],
+            4,
+            "timed out",
+            id="timeout",
+        ),
+        pytest.param(
+            lambda emu: emu.override_first_message('{"msg_type": "heartbeat"}'),
+            [],
+            1,
+            "expected connection.connected first",
+            id="protocol-error",
+        ),
+        pytest.param(
+            lambda emu: None,
+            ["--strategy", str(FORBIDDEN_STRATEGY)],
+            5,
+            "FORBIDDEN",
+            id="forbidden",
+        ),
+    ],
+)
+def test_check_exit_statuses(
+    emulator: Emulator,
+    run_main: Callable[..., tuple[int, str, str]],
+    setup: Callable[[Emulator], Any],
+    extra: list[str],
+    status: int,
+    text: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each kind of failure gives its documented exit status and one line on stderr."""
+    monkeypatch.delenv("C2_API_KEY", raising=False)
+    setup(emulator)
+    args = ["check", "--url", emulator.url, "--api-key", API_KEY, *extra]
+    code, _, err = run_main(*args)
+    assert code == status, err
+    assert_one_line_error(err)
+    assert text in err
+    assert API_KEY not in err
+
+
+def test_check_unreachable_host(run_main: Callable[..., tuple[int, str, str]]) -> None:
+    """A port nobody listens on gives exit status 4 and one line."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: connections are refused
+        status, _, err = run_main("check", "--url", f"ws://127.0.0.1:{port}/ws", "--api-key", "k")
+    assert status == 4
+    assert_one_line_error(err)
+    assert "cannot reach the server" in err
+
+
+def test_url_and_key_from_the_environment(
+    emulator: Emulator,
+    run_main: Callable[..., tuple[int, str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without --url and --api-key, C2_WS_URL and C2_API_KEY are used."""
+    monkeypatch.setenv("C2_API_KEY", API_KEY)
+    monkeypatch.setenv("C2_WS_URL", emulator.url)
+    status, out, _ = run_main("check")
+    assert status == 0
+    assert f"connected to {emulator.url}" in out
+
+
+def test_usage_errors_are_one_line(run_main: Callable[..., tuple[int, str, str]]) -> None:
+    """A wrong command line is one line on stderr and exit status 2."""
+    status, _, err = run_main("listen", "--signal", "-5")
+    assert status == 2
+    assert_one_line_error(err.replace("c2sync listen: error:", "c2sync: error:"))
+    assert "a strategy id is a positive integer, not -5" in err
+    status, _, err = run_main("listen", "--api-key", "k", "--url", "ws://127.0.0.1:9/ws")
+    assert status == 2
+    assert err.strip() == "c2sync: listen needs at least one --signal ID or --positions ID"
+
+
+def test_help_documents_exit_statuses() -> None:
+    """`python -m c2sync --help` lists the commands and every exit status."""
+    result = subprocess.run(
+        [sys.executable, "-m", "c2sync", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=RUN_BOUND,
+    )
+    assert result.returncode == 0
+    for name in ("check", "listen", "emulator", "demo"):
+        assert name in result.stdout
+    for code in cli.EXIT_CODES:
+        assert f"  {code:>3}  " in result.stdout
+
+
+# listen ---------------------------------------------------------------------------------
+
+
+def test_listen_json_lines_and_sigint(
+    emulator: Emulator, listen: Callable[..., tuple[subprocess.Popen[str], Lines, Lines]]
+) -> None:
+    """`c2sync listen --json` prints each message as one valid JSON line, and Ctrl-C
+    (SIGINT) stops it cleanly: exit 0, a close frame, no traceback."""
+    process, out, err = listen("--signal", str(STRATEGY), "--positions", str(STRATEGY), "--json")
+    err.until(lambda line: "listening" in line)
+    wait_subscribed(emulator, "strategy.positions")
+    for _ in range(3):
+        emulator.publish_signal(STRATEGY)
+    emulator.publish_positions(STRATEGY)
+    messages = [json.loads(out.next()) for _ in range(4)]
+    assert [m["msg_type"] for m in messages] == ["strategy.signal"] * 3 + ["strategy.positions"]
+    assert [m.get("seq_id") for m in messages[:3]] == [1, 2, 3]
+    assert all(m["payload"]["StrategyId"] == STRATEGY for m in messages)
+
+    process.send_signal(signal.SIGINT)
+    assert process.wait(WAIT) in (0, 130)
+    stderr = "\n".join(err.rest())
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert API_KEY not in stderr + "\n".join(out.rest())
+    emulator.wait_for_connections(0, WAIT)
+    assert emulator.connections[0].close_code == 1000
+
+
+def test_listen_reports_reconnect_and_resumes(
+    emulator: Emulator, listen: Callable[..., tuple[subprocess.Popen[str], Lines, Lines]]
+) -> None:
+    """`c2sync listen` prints a status line on connect and on reconnect, and the signals
+    published while it was disconnected come after the reconnect, none missing."""
+    process, out, err = listen("--signal", str(STRATEGY))
+    assert err.next() == f"c2sync: connecting to {emulator.url}"
+    assert err.next() == f"c2sync: connected to {emulator.url}"
+    wait_subscribed(emulator)
+    emulator.publish_signal(STRATEGY)
+    assert out.next().startswith(f"strategy.signal strategy={STRATEGY} seq_id=1 {{")
+
+    emulator.drop()
+    err.until(lambda line: "reconnecting" in line)
+    emulator.publish_signal(STRATEGY)
+    emulator.publish_signal(STRATEGY)
+    err.until(lambda line: "reconnected" in line)
+    assert out.next().startswith(f"strategy.signal strategy={STRATEGY} seq_id=2 ")
+    assert out.next().startswith(f"strategy.signal strategy={STRATEGY} seq_id=3 ")
+    resumes = [r.resume_from for r in emulator.connections[-1].subscription_requests]
+    assert resumes == [1]
+
+    process.send_signal(signal.SIGINT)
+    assert process.wait(WAIT) in (0, 130)
+    assert "Traceback" not in "\n".join(err.rest())
+
+
+def test_listen_resume_from(
+    emulator: Emulator, listen: Callable[..., tuple[subprocess.Popen[str], Lines, Lines]]
+) -> None:
+    """`c2sync listen --resume-from N` replays the signals after N first."""
+    for _ in range(4):
+        emulator.publish_signal(STRATEGY)
+    process, out, _ = listen("--signal", str(STRATEGY), "--resume-from", "2", "--json")
+    assert [json.loads(out.next())["seq_id"] for _ in range(2)] == [3, 4]
+    process.send_signal(signal.SIGINT)
+    assert process.wait(WAIT) in (0, 130)
+
+
+def test_listen_bad_key(emulator: Emulator) -> None:
+    """`c2sync listen` with a refused key exits 2 with one line (after its status lines)."""
+    result = subprocess.run(
+        [*command(), "listen", "--signal", str(STRATEGY), "--url", emulator.url],
+        env=clean_env(C2_API_KEY="nope-nope"),
+        capture_output=True,
+        text=True,
+        timeout=RUN_BOUND,
+    )
+    assert result.returncode == 2
+    errors = [t for t in result.stderr.splitlines() if "refused" in t]
+    assert len(errors) == 1 and "Traceback" not in result.stderr
+    assert "nope-nope" not in result.stderr
+
+
+# emulator and demo ------------------------------------------------------------------------
+
+
+def test_emulator_command_serves_until_sigint() -> None:
+    """`c2sync emulator` prints its URL first, serves clients with the given key and
+    strategy, publishes with --signal-every, and stops on Ctrl-C with exit 0."""
+    import c2sync
+
+    process = subprocess.Popen(
+        [
+            *command(),
+            "emulator",
+            "--port",
+            "0",
+            "--api-key",
+            "cli-key",
+            "--strategy",
+            "424242",
+            "--signal-every",
+            "0.1",
+        ],
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        url = Lines(process.stdout).next()
+        assert url.startswith("ws://127.0.0.1:") and url.endswith("/ws")
+        with c2sync.connect("cli-key", url=url, connect_timeout=WAIT) as client:
+            client.subscribe(c2sync.SIGNAL, 424242)
+            message = client.recv(timeout=WAIT)
+            assert isinstance(message, c2sync.Signal) and message.strategy_id == 424242
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=WAIT)
+        assert process.returncode == 0
+        assert "Traceback" not in stderr and "cli-key" not in stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(WAIT)
+
+
+def test_demo_shows_the_resume() -> None:
+    """`c2sync demo` needs no key or network, shows signals, heartbeats, the drop and the
+    resume without loss, and exits 0."""
+    result = subprocess.run(
+        [*command(), "demo"],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=RUN_BOUND,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "state: RECONNECTING" in out
+    assert "emulator published seq_id=4 while the client is disconnected" in out
+    assert "the client resubscribed with resume_from=3" in out
+    assert "(published while disconnected; replayed)" in out
+    assert "published: [1, 2, 3, 4, 5, 6, 7, 8]" in out
+    assert "received:  [1, 2, 3, 4, 5, 6, 7, 8]" in out
+    assert "no signal lost, none duplicated" in out
+    heartbeats = next(t for t in out.splitlines() if "acks_sent=" in t and "emulator received" in t)
+    assert "heartbeats=0" not in heartbeats
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,171 @@
+"""samples/notebook.ipynb runs in a real Jupyter kernel (the venv's Python) against the
+emulator: callbacks fire while later cells run, re-running cells leaks no connection, and
+the last cell closes cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from c2sync.emulator import Emulator
+
+from .conftest import API_KEY, STRATEGY, WAIT
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+from jupyter_client.kernelspec import KernelSpecManager  # noqa: E402
+from jupyter_client.manager import AsyncKernelManager  # noqa: E402
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "samples" / "notebook.ipynb"
+KERNEL_NAME = "c2sync-test-python"
+CELL_TIMEOUT = 30  # seconds any cell may take; never reached when it works
+
+
+class Kernel:
+    """One kernel running the sample notebook's cells, one at a time, by tag."""
+
+    def __init__(self, client: Any, notebook: Any) -> None:
+        self.client = client
+        self.notebook = notebook
+
+    def cell(self, tag: str) -> tuple[int, Any]:
+        for index, cell in enumerate(self.notebook.cells):
+            if tag in cell.get("metadata", {}).get("tags", []):
+                return index, cell
+        raise LookupError(f"no cell tagged {tag!r} in {NOTEBOOK.name}")
+
+    def run(self, tag: str) -> str:
+        """Run the cell tagged ``tag``; return its printed output."""
+        index, cell = self.cell(tag)
+        self.client.execute_cell(cell, index)
+        return output_text(cell)
+
+    def run_code(self, source: str) -> str:
+        """Run code that is not part of the notebook (probes for the test)."""
+        cell = nbformat.v4.new_code_cell(source)
+        self.notebook.cells.append(cell)  # in memory only: the file is never written
+        self.client.execute_cell(cell, len(self.notebook.cells) - 1)
+        return output_text(cell)
+
+
+def output_text(cell: Any) -> str:
+    parts = []
+    for output in cell.get("outputs", []):
+        if output.get("output_type") == "stream":
+            parts.append(output["text"])
+        elif output.get("output_type") == "error":
+            parts.append("\n".join(output.get("traceback", [])))
+    return "".join(parts)
+
+
+@pytest.fixture
+def kernel(emulator: Emulator, tmp_path: Path) -> Iterator[Kernel]:
+    """A kernel on this interpreter, told the emulator's URL and key through its environment."""
+    spec_dir = tmp_path / "kernels" / KERNEL_NAME
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "c2sync test (this venv)",
+                "language": "python",
+            }
+        )
+    )
+    manager = AsyncKernelManager(
+        kernel_name=KERNEL_NAME,
+        kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")]),
+    )
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    client = nbclient.NotebookClient(
+        notebook, km=manager, timeout=CELL_TIMEOUT, allow_errors=False, kernel_name=KERNEL_NAME
+    )
+    env = dict(os.environ)
+    env.update(
+        C2_API_KEY=API_KEY,
+        C2_WS_URL=emulator.url,
+        C2_STRATEGY_ID=str(STRATEGY),
+        JUPYTER_PLATFORM_DIRS="1",
+    )
+    with client.setup_kernel(env=env, cwd=str(tmp_path)):
+        yield Kernel(client, notebook)
+
+
+def publish_later(emulator: Emulator, count: int, delay: float) -> threading.Thread:
+    def publish() -> None:
+        time.sleep(delay)  # lets the cell under test start: it counts from its first line
+        for _ in range(count):
+            emulator.publish_signal(STRATEGY)
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=publish, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_notebook_runs_in_a_real_kernel(emulator: Emulator, kernel: Kernel) -> None:
+    """The notebook connects, its callback fires while a later cell runs, re-running the
+    connect cell leaves one connection open, and the close cell closes it cleanly."""
+    assert kernel.run_code("import sys; print(sys.executable)").strip() == sys.executable
+
+    kernel.run("setup")
+    out = kernel.run("connect")
+    assert out.strip() == f"connected, subscribed to strategy {STRATEGY}"
+    emulator.wait_for_connections(1, WAIT)
+
+    status = kernel.run("status")
+    assert status.startswith("<c2sync.Client OPEN ")
+    assert f"strategy.signal:{STRATEGY}" in status
+    assert API_KEY not in status
+
+    # The busy cell sleeps 3 s; the signals are published 1 s into it.
+    publisher = publish_later(emulator, 3, delay=1.0)
+    busy = kernel.run("busy")
+    publisher.join(WAIT)
+    assert busy.strip() == "3 signal(s) arrived while this cell ran; 3 in all"
+    shown = kernel.run("show").split()
+    assert [word for word in shown if word.startswith("seq_id=")] == [
+        "seq_id=1",
+        "seq_id=2",
+        "seq_id=3",
+    ]
+
+    # Re-running the connect cell replaces the connection; it does not add one.
+    kernel.run("connect")
+    emulator.wait_for(lambda: emulator.handshakes_accepted == 2, WAIT)
+    emulator.wait_for_connections(1, WAIT)
+    first = emulator.connections[0]
+    assert not first.is_open and first.close_code == 1000
+    assert kernel.run("status").startswith("<c2sync.Client OPEN ")
+
+    closed = kernel.run("close")
+    assert closed.strip().startswith("<c2sync.Client CLOSED ")
+    emulator.wait_for_connections(0, WAIT)
+    assert emulator.connections[1].close_code == 1000
+    assert kernel.run("close").strip().startswith("<c2sync.Client CLOSED ")  # idempotent
+
+
+def test_notebook_client_dropped_without_close_is_closed(
+    emulator: Emulator, kernel: Kernel
+) -> None:
+    """A client whose last reference a re-run cell drops (no close()) is garbage-collected
+    and closes its connection, as the notebook's notes promise."""
+    kernel.run("setup")
+    connect = "client = c2sync.Client(url=URL)\nclient.connect()\nprint(client.state.name)"
+    assert kernel.run_code(connect).strip() == "OPEN"
+    emulator.wait_for_connections(1, WAIT)
+    assert kernel.run_code(connect).strip() == "OPEN"  # the first client loses its name
+    emulator.wait_for(lambda: emulator.handshakes_accepted == 2, WAIT)
+    emulator.wait_for_connections(1, WAIT)
+    assert emulator.connections[0].close_code == 1000
+    kernel.run("close")
+    emulator.wait_for_connections(0, WAIT)
