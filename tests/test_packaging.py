@@ -1,0 +1,132 @@
+"""The distribution: ``python -m build`` makes an sdist and a wheel that ``twine check``
+accepts, and the wheel installs into a fresh virtualenv where ``c2sync demo`` runs.
+
+Slow (30-60 s) and needs a package index for the build backend and the dependencies; it is
+skipped, with the reason, when pip cannot reach one.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+STEP_BOUND = 300.0  # seconds any one step may take (pip over a slow network)
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=STEP_BOUND
+    )
+    assert result.returncode == 0, f"{' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def outside_env() -> dict[str, str]:
+    """The environment without anything pointing Python back at this checkout."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "VIRTUAL_ENV", "C2_API_KEY", "C2_WS_URL")
+    }
+
+
+@pytest.fixture(scope="module")
+def index_reachable(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Skip unless pip (with its own configuration) can download from a package index."""
+    probe = tmp_path_factory.mktemp("probe")
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--dest", str(probe), "attrs"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(outside_env(), PIP_DISABLE_PIP_VERSION_CHECK="1"),
+    )
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        pytest.skip(f"pip cannot reach a package index: {last}")
+
+
+@pytest.fixture(scope="module")
+def dist(index_reachable: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The sdist and the wheel built from the working tree."""
+    out = tmp_path_factory.mktemp("dist")
+    run([sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)], cwd=out)
+    yield out
+
+
+def only(directory: Path, pattern: str) -> Path:
+    found = sorted(directory.glob(pattern))
+    assert len(found) == 1, found
+    return found[0]
+
+
+@pytest.mark.timeout(900)
+def test_build_and_twine_check(dist: Path) -> None:
+    """`python -m build` makes an sdist and a wheel whose metadata and README `twine check`
+    accepts, with the samples in the sdist and the command in the wheel."""
+    sdist, wheel = only(dist, "*.tar.gz"), only(dist, "*.whl")
+    output = run(
+        [sys.executable, "-m", "twine", "check", "--strict", str(sdist), str(wheel)], cwd=dist
+    )
+    assert output.count("PASSED") == 2
+
+    with tarfile.open(sdist) as archive:
+        names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+    for path in (
+        "README.rst",
+        "samples/notebook.ipynb",
+        "samples/callbacks.py",
+        "c2sync/cli.py",
+        "c2sync/py.typed",
+    ):
+        assert path in names, path
+
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+        assert "c2sync = c2sync.cli:main" in archive.read(entry_points).decode()
+        metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
+        assert "Description-Content-Type: text/x-rst" in archive.read(metadata).decode()
+    assert {"c2sync/cli.py", "c2sync/__main__.py", "c2sync/py.typed"} <= names
+
+
+@pytest.mark.timeout(900)
+def test_wheel_installs_and_demo_runs(dist: Path, tmp_path: Path) -> None:
+    """The wheel installs into a fresh virtualenv (with the emulator extra) where the
+    `c2sync demo` command runs and shows the resume."""
+    wheel = only(dist, "*.whl")
+    venv = tmp_path / "venv"
+    env = outside_env()
+    run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path, env=env)
+    bin_dir = venv / ("Scripts" if os.name == "nt" else "bin")
+    python = bin_dir / "python"
+    run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            f"{wheel}[emulator]",
+        ],
+        cwd=tmp_path,
+        env=env,
+    )
+    # Installed, not borrowed from this checkout.
+    location = run(
+        [str(python), "-c", "import c2sync; print(c2sync.__file__)"], cwd=tmp_path, env=env
+    )
+    assert Path(location.strip()).is_relative_to(venv)
+
+    output = run([str(bin_dir / "c2sync"), "demo"], cwd=tmp_path, env=env)
+    assert "received:  [1, 2, 3, 4, 5, 6, 7, 8]" in output
+    assert "no signal lost, none duplicated" in output
