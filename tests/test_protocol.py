@@ -1,0 +1,881 @@
+"""The pure protocol core, driven synchronously: text frames and a fake monotonic clock in,
+events and outgoing frames out. No sockets, threads or sleeps."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from c2sync import (
+    POSITIONS,
+    SIGNAL,
+    ErrorDetail,
+    ErrorMessage,
+    Gap,
+    Message,
+    Positions,
+    ProtocolError,
+    ServerError,
+    Signal,
+    SubscriptionAck,
+    SubscriptionLimitError,
+)
+from c2sync._protocol import (
+    ClientProtocol,
+    Connected,
+    Deliver,
+    Duplicate,
+    HeartbeatAnswered,
+    Malformed,
+    ReplayRestarted,
+    RequestAnswered,
+)
+
+STRATEGY = 12345678
+OTHER = 87654321
+TIMEOUT = 40.0
+WALL = datetime(2024, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+WALL_TEXT = "2024-01-01T12:00:00.000Z"
+
+
+# Frames the server sends ---------------------------------------------------------------
+
+
+def server(msg_type: str, **fields: Any) -> str:
+    obj: dict[str, Any] = {"msg_type": msg_type, "id": "msg_1", "timestamp": "2024-01-01T12:00:00Z"}
+    obj["v"] = 4
+    obj.update(fields)
+    return json.dumps(obj)
+
+
+CONNECTED = server("connection.connected")
+HEARTBEAT = server("heartbeat", seq_id=None)
+
+
+def signal(seq: int, strategy_id: int | None = STRATEGY, **payload: Any) -> str:
+    body: dict[str, Any] = {"SignalId": seq * 10, **payload}
+    if strategy_id is not None:
+        body["strategy_id"] = strategy_id
+    return server("strategy.signal", seq_id=seq, payload=body)
+
+
+def positions(strategy_id: int | None = STRATEGY) -> str:
+    body: dict[str, Any] = {"Positions": []}
+    if strategy_id is not None:
+        body["StrategyId"] = strategy_id
+    return server("strategy.positions", payload=body)
+
+
+def ack(
+    request_id: str | None,
+    channel: str = SIGNAL,
+    strategy_id: int | None = STRATEGY,
+    action: str | None = "subscribe",
+) -> str:
+    fields: dict[str, Any] = {"payload": {"action": action, "channel": channel}}
+    if strategy_id is not None:
+        fields["payload"]["strategy_id"] = strategy_id
+    if request_id is not None:
+        fields["request_id"] = request_id
+    return server("subscription.ack", **fields)
+
+
+def error(request_id: str | None = None, **payload: Any) -> str:
+    body = payload or {
+        "code": "FORBIDDEN",
+        "field": "StrategyId",
+        "message": "Not authorized to subscribe to Strategy",
+    }
+    fields: dict[str, Any] = {"payload": body}
+    if request_id is not None:
+        fields["request_id"] = request_id
+    return server("error", **fields)
+
+
+# Helpers -------------------------------------------------------------------------------
+
+
+def new_protocol(**options: Any) -> ClientProtocol:
+    """A protocol with predictable request ids r1, r2, ... and a fixed wall clock."""
+    options.setdefault("request_ids", (f"r{n}" for n in itertools.count(1)))
+    options.setdefault("wallclock", lambda: WALL)
+    return ClientProtocol(TIMEOUT, **options)
+
+
+def connected(**options: Any) -> ClientProtocol:
+    proto = new_protocol(**options)
+    proto.connection_made()
+    proto.receive(CONNECTED, 0.0)
+    return proto
+
+
+def subscribe(
+    proto: ClientProtocol, channel: str = SIGNAL, strategy_id: int = STRATEGY, **kw: Any
+) -> list[Any]:
+    """Send a subscribe and answer it with an ack echoing the request id."""
+    request_id, _ = proto.request("subscribe", channel, strategy_id, **kw)
+    return proto.receive(ack(request_id, channel, strategy_id), 1.0)
+
+
+def sent(frame: str) -> dict[str, Any]:
+    obj: dict[str, Any] = json.loads(frame)
+    return obj
+
+
+def delivered(events: list[Any]) -> list[Message]:
+    return [e.message for e in events if isinstance(e, Deliver)]
+
+
+def reconnect(proto: ClientProtocol, now: float = 100.0) -> list[dict[str, Any]]:
+    """Lose the connection, open a new one and return the restore frames queued."""
+    proto.connection_lost()
+    proto.connection_made()
+    proto.receive(CONNECTED, now)
+    proto.restore_subscriptions()
+    return [sent(f) for f in proto.data_to_send()]
+
+
+# connection.connected first ------------------------------------------------------------
+
+
+def test_connected_opens_and_arms_the_deadline() -> None:
+    """connection.connected makes the connection ready and starts the heartbeat deadline."""
+    proto = new_protocol()
+    proto.connection_made()
+    assert not proto.is_open
+    events = proto.receive(CONNECTED, 5.0)
+    assert len(events) == 1 and isinstance(events[0], Connected)
+    assert events[0].message.msg_type == "connection.connected"
+    assert proto.is_open
+    assert proto.deadline == 5.0 + TIMEOUT
+
+
+@pytest.mark.parametrize(
+    "first",
+    [HEARTBEAT, signal(1), error(), server("unknown.kind"), "not json", "[]", b"\x00binary"],
+    ids=["heartbeat", "signal", "error", "unknown", "bad-json", "array", "binary"],
+)
+def test_first_frame_must_be_connected(first: str | bytes) -> None:
+    """Anything but connection.connected first (a heartbeat included) is a ProtocolError."""
+    proto = new_protocol()
+    proto.connection_made()
+    with pytest.raises(ProtocolError):
+        proto.receive(first, 0.0)
+    assert not proto.is_open
+    assert proto.data_to_send() == []
+
+
+def test_every_new_socket_waits_for_connected_again() -> None:
+    """After a reconnect, the new socket's first frame must again be connection.connected."""
+    proto = connected()
+    proto.connection_lost()
+    proto.connection_made()
+    with pytest.raises(ProtocolError):
+        proto.receive(HEARTBEAT, 1.0)
+
+
+def test_second_connected_is_ignored() -> None:
+    """A repeated connection.connected is not delivered to the user."""
+    proto = connected()
+    assert proto.receive(CONNECTED, 1.0) == []
+
+
+# Heartbeats ----------------------------------------------------------------------------
+
+
+def test_heartbeat_is_answered_with_an_exact_ack() -> None:
+    """Each heartbeat queues exactly one heartbeat.ack frame, stamped by the wall clock."""
+    proto = connected()
+    events = proto.receive(HEARTBEAT, 30.0)
+    assert len(events) == 1 and isinstance(events[0], HeartbeatAnswered)
+    assert events[0].message.msg_type == "heartbeat"
+    frames = proto.data_to_send()
+    assert [sent(f) for f in frames] == [{"msg_type": "heartbeat.ack", "timestamp": WALL_TEXT}]
+    assert proto.data_to_send() == []
+
+
+def test_each_heartbeat_gets_its_own_ack() -> None:
+    """Three heartbeats before a drain queue three acks, in order."""
+    proto = connected()
+    for now in (30.0, 60.0, 90.0):
+        proto.receive(HEARTBEAT, now)
+    assert [sent(f)["msg_type"] for f in proto.data_to_send()] == ["heartbeat.ack"] * 3
+
+
+def test_heartbeat_restarts_the_deadline() -> None:
+    """The deadline is heartbeat_timeout after the latest heartbeat."""
+    proto = connected()
+    proto.receive(HEARTBEAT, 30.0)
+    assert proto.deadline == 30.0 + TIMEOUT
+    proto.receive(HEARTBEAT, 61.5)
+    assert proto.deadline == 61.5 + TIMEOUT
+
+
+def test_is_dead_before_and_after_the_deadline() -> None:
+    """The connection is alive until heartbeat_timeout passes without a heartbeat, then dead."""
+    proto = new_protocol()
+    assert not proto.is_dead(1e9)  # never connected: no deadline
+    proto.connection_made()
+    proto.receive(CONNECTED, 0.0)
+    assert not proto.is_dead(39.999)
+    assert proto.is_dead(40.0)
+    assert proto.is_dead(41.0)
+    proto.receive(HEARTBEAT, 30.0)
+    assert not proto.is_dead(69.9)
+    assert proto.is_dead(70.0)
+
+
+def test_other_messages_do_not_extend_the_deadline() -> None:
+    """Only heartbeats prove the server alive; a stream of signals does not."""
+    proto = connected()
+    subscribe(proto)
+    for seq, now in enumerate((10.0, 20.0, 39.0), start=1):
+        proto.receive(signal(seq), now)
+    assert proto.deadline == TIMEOUT
+    assert proto.is_dead(TIMEOUT)
+
+
+def test_disarm_and_connection_lost_clear_the_deadline() -> None:
+    """A disarmed or lost connection is never reported dead again."""
+    proto = connected()
+    proto.disarm()
+    assert proto.deadline is None and not proto.is_dead(1e9)
+    proto = connected()
+    proto.connection_lost()
+    assert proto.deadline is None and not proto.is_dead(1e9)
+    assert not proto.is_open
+
+
+# Malformed frames ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "not json",
+        "[1]",
+        "42",
+        '{"no_type": 1}',
+        b'{"msg_type":"heartbeat"}',
+        '{"msg_type":"strategy.signal","payload":{"strategy_id":1}}',
+        '{"msg_type":"x","payload":[]}',
+        "[" * 100_000,
+    ],
+    ids=["bad-json", "array", "number", "no-type", "binary", "seqless", "payload", "deep"],
+)
+def test_malformed_frame_after_connect_is_an_event(frame: str | bytes) -> None:
+    """After connecting, a bad frame yields Malformed (a ProtocolError inside) and no raise."""
+    proto = connected()
+    events = proto.receive(frame, 1.0)
+    assert len(events) == 1 and isinstance(events[0], Malformed)
+    assert isinstance(events[0].error, ProtocolError)
+    assert proto.is_open
+    assert isinstance(proto.receive(HEARTBEAT, 2.0)[0], HeartbeatAnswered)
+
+
+# Requests and answers ------------------------------------------------------------------
+
+
+def test_request_frame_carries_the_request_id() -> None:
+    """request() returns its id and a subscription.request frame carrying that id."""
+    proto = connected()
+    request_id, frame = proto.request("subscribe", SIGNAL, STRATEGY)
+    assert request_id == "r1"
+    assert sent(frame) == {
+        "msg_type": "subscription.request",
+        "request_id": "r1",
+        "timestamp": WALL_TEXT,
+        "payload": {"action": "subscribe", "channel": SIGNAL, "strategy_id": STRATEGY},
+    }
+    assert proto.request("subscribe", POSITIONS, STRATEGY)[0] == "r2"
+
+
+def test_default_request_ids_are_fresh_and_short() -> None:
+    """Without injection, every request gets a distinct 1-50 character id."""
+    proto = ClientProtocol(TIMEOUT)
+    proto.connection_made()
+    proto.receive(CONNECTED, 0.0)
+    ids = [proto.request("subscribe", SIGNAL, n)[0] for n in range(1, 30)]
+    assert len(set(ids)) == len(ids)
+    assert all(1 <= len(i) <= 50 for i in ids)
+    other = ClientProtocol(TIMEOUT)
+    assert other.request("subscribe", SIGNAL, 1)[0] not in ids
+
+
+def test_ack_by_request_id_resolves_that_request() -> None:
+    """An ack echoing a request_id answers that request, even out of order."""
+    proto = connected()
+    first, _ = proto.request("subscribe", SIGNAL, STRATEGY)
+    second, _ = proto.request("subscribe", POSITIONS, OTHER)
+    events = proto.receive(ack(second, POSITIONS, OTHER), 1.0)
+    assert len(events) == 1 and isinstance(events[0], RequestAnswered)
+    answered = events[0]
+    assert answered.request_id == second
+    assert answered.error is None
+    assert isinstance(answered.ack, SubscriptionAck)
+    assert answered.ack.request_id == second
+    assert proto.subscriptions == {(POSITIONS, OTHER)}
+    events = proto.receive(ack(first), 2.0)
+    assert [e.request_id for e in events] == [first]
+    assert proto.subscriptions == {(POSITIONS, OTHER), (SIGNAL, STRATEGY)}
+
+
+def test_ack_without_request_id_resolves_oldest_matching() -> None:
+    """An ack with no request_id answers the oldest outstanding request for its pair."""
+    proto = connected()
+    first, _ = proto.request("subscribe", SIGNAL, STRATEGY)
+    second, _ = proto.request("subscribe", POSITIONS, OTHER)
+    third, _ = proto.request("subscribe", POSITIONS, OTHER)
+    events = proto.receive(ack(None, POSITIONS, OTHER), 1.0)
+    assert [e.request_id for e in events] == [second]
+    assert proto.subscriptions == {(POSITIONS, OTHER)}
+    events = proto.receive(ack(None, POSITIONS, OTHER), 1.0)
+    assert [e.request_id for e in events] == [third]
+    events = proto.receive(ack(None, channel=SIGNAL, strategy_id=None, action=None), 1.0)
+    assert [e.request_id for e in events] == [first]
+
+
+def test_ack_answering_nothing_is_ignored() -> None:
+    """An ack matching no outstanding request changes nothing and reaches nobody."""
+    proto = connected()
+    assert proto.receive(ack("nobody"), 1.0) == []
+    assert proto.receive(ack(None), 1.0) == []
+    assert proto.subscriptions == frozenset()
+
+
+def test_unsubscribe_ack_removes_the_pair() -> None:
+    """An acked unsubscribe removes the pair from subscriptions."""
+    proto = connected()
+    subscribe(proto)
+    subscribe(proto, POSITIONS)
+    request_id, frame = proto.request("unsubscribe", SIGNAL, STRATEGY)
+    assert sent(frame)["payload"]["action"] == "unsubscribe"
+    events = proto.receive(ack(request_id, action="unsubscribe"), 2.0)
+    assert [e.request_id for e in events] == [request_id]
+    assert proto.subscriptions == {(POSITIONS, STRATEGY)}
+
+
+def test_error_with_request_id_answers_with_server_error() -> None:
+    """A refusal echoing a request_id becomes that request's ServerError, with every field."""
+    proto = connected()
+    first, _ = proto.request("subscribe", SIGNAL, STRATEGY)
+    second, _ = proto.request("subscribe", SIGNAL, OTHER)
+    events = proto.receive(error(second), 1.0)
+    assert len(events) == 1 and isinstance(events[0], RequestAnswered)
+    answered = events[0]
+    assert answered.request_id == second
+    assert answered.ack is None
+    exc = answered.error
+    assert isinstance(exc, ServerError)
+    assert exc.code == "FORBIDDEN"
+    assert exc.field == "StrategyId"
+    assert exc.message == "Not authorized to subscribe to Strategy"
+    assert exc.errors == (
+        ErrorDetail("FORBIDDEN", "StrategyId", "Not authorized to subscribe to Strategy"),
+    )
+    assert exc.request_id == second
+    assert proto.subscriptions == frozenset()
+    assert [e.request_id for e in proto.receive(ack(first), 2.0)] == [first]
+
+
+def test_error_list_reaches_server_error() -> None:
+    """An error with an errors list gives ServerError.errors and the first item's fields."""
+    proto = connected()
+    request_id, _ = proto.request("subscribe", SIGNAL, STRATEGY)
+    items = [
+        {"code": "INVALID_PARAMETER", "field": "timestamp", "message": "skewed"},
+        {"code": "NOT_FOUND", "field": "StrategyId", "message": "no such strategy"},
+    ]
+    (answered,) = proto.receive(error(request_id, errors=items), 1.0)
+    exc = answered.error
+    assert (exc.code, exc.field, exc.message) == ("INVALID_PARAMETER", "timestamp", "skewed")
+    assert exc.errors == (
+        ErrorDetail("INVALID_PARAMETER", "timestamp", "skewed"),
+        ErrorDetail("NOT_FOUND", "StrategyId", "no such strategy"),
+    )
+
+
+def test_error_without_request_id_answers_the_oldest() -> None:
+    """A refusal without request_id answers the oldest outstanding request (server order)."""
+    proto = connected()
+    first, _ = proto.request("subscribe", SIGNAL, STRATEGY)
+    second, _ = proto.request("subscribe", SIGNAL, OTHER)
+    (answered,) = proto.receive(error(), 1.0)
+    assert answered.request_id == first
+    assert answered.error.request_id == first
+    (answered,) = proto.receive(ack(None, SIGNAL, OTHER), 2.0)
+    assert answered.request_id == second
+    assert proto.subscriptions == {(SIGNAL, OTHER)}
+
+
+def test_error_claimed_by_nobody_is_delivered() -> None:
+    """An error that answers no request reaches the user as an ErrorMessage."""
+    proto = connected()
+    events = proto.receive(error(code="UNAUTHORIZED", message="bye"), 1.0)
+    (message,) = delivered(events)
+    assert isinstance(message, ErrorMessage)
+    assert (message.code, message.message) == ("UNAUTHORIZED", "bye")
+    events = proto.receive(error("unknown-id"), 1.0)
+    assert isinstance(delivered(events)[0], ErrorMessage)
+
+
+# Forgotten (timed-out) requests --------------------------------------------------------
+
+
+def test_late_ack_after_forget_updates_subscriptions_silently() -> None:
+    """A late ack for a timed-out request updates subscriptions but answers nobody."""
+    proto = connected()
+    request_id, _ = proto.request("subscribe", SIGNAL, STRATEGY)
+    proto.forget(request_id)
+    assert proto.receive(ack(request_id), 5.0) == []
+    assert proto.subscriptions == {(SIGNAL, STRATEGY)}
+
+
+def test_late_ack_does_not_satisfy_a_later_request() -> None:
+    """A late ack (no request_id) for a forgotten request never answers the retry."""
+    proto = connected()
+    old, _ = proto.request("subscribe", SIGNAL, STRATEGY)
+    proto.forget(old)
+    new, _ = proto.request("subscribe", SIGNAL, STRATEGY)
+    assert proto.receive(ack(None), 5.0) == []
+    assert proto.subscriptions == {(SIGNAL, STRATEGY)}
+    (answered,) = proto.receive(ack(None), 6.0)
+    assert answered.request_id == new
+
+
+def test_late_error_for_forgotten_request_spares_the_newer_one() -> None:
+    """A late error (no request_id) for an older forgotten request does not fail a newer one."""
+    proto = connected()
+    old, _ = proto.request("subscribe", SIGNAL, OTHER)
+    proto.forget(old)
+    new, _ = proto.request("subscribe", SIGNAL, STRATEGY)
+    assert proto.receive(error(), 5.0) == []
+    assert proto.subscriptions == frozenset()
+    (answered,) = proto.receive(ack(None), 6.0)
+    assert answered.request_id == new
+    assert answered.error is None
+    assert proto.subscriptions == {(SIGNAL, STRATEGY)}
+
+
+def test_late_error_with_request_id_for_forgotten_request_is_swallowed() -> None:
+    """A late error echoing a forgotten request's id reaches neither a request nor the user."""
+    proto = connected()
+    old, _ = proto.request("subscribe", SIGNAL, OTHER)
+    proto.forget(old)
+    new, _ = proto.request("subscribe", SIGNAL, STRATEGY)
+    assert proto.receive(error(old), 5.0) == []
+    (answered,) = proto.receive(ack(new), 6.0)
+    assert answered.request_id == new
+
+
+def test_forget_unknown_request_is_harmless() -> None:
+    """Forgetting an id that is not outstanding changes nothing."""
+    proto = connected()
+    request_id, _ = proto.request("subscribe", SIGNAL, STRATEGY)
+    proto.forget("never-sent")
+    (answered,) = proto.receive(ack(request_id), 1.0)
+    assert answered.request_id == request_id
+
+
+# Subscription limit --------------------------------------------------------------------
+
+
+def test_101st_subscription_is_refused() -> None:
+    """A 101st subscription raises SubscriptionLimitError (a ValueError) before sending."""
+    proto = connected()
+    for strategy_id in range(1, 101):
+        subscribe(proto, SIGNAL, strategy_id)
+    assert len(proto.subscriptions) == 100
+    with pytest.raises(SubscriptionLimitError):
+        proto.request("subscribe", POSITIONS, 1)
+    with pytest.raises(ValueError):
+        proto.request("subscribe", SIGNAL, 101)
+
+
+def test_limit_counts_pending_subscriptions() -> None:
+    """Subscriptions still waiting for their ack count toward the 100."""
+    proto = connected()
+    for strategy_id in range(1, 91):
+        subscribe(proto, SIGNAL, strategy_id)
+    for strategy_id in range(1, 11):
+        proto.request("subscribe", POSITIONS, strategy_id)
+    with pytest.raises(SubscriptionLimitError):
+        proto.request("subscribe", POSITIONS, 11)
+
+
+def test_limit_allows_resubscribing_a_held_pair_and_unsubscribing() -> None:
+    """At the limit, a held pair may be subscribed again and any pair unsubscribed."""
+    proto = connected()
+    for strategy_id in range(1, 101):
+        subscribe(proto, SIGNAL, strategy_id)
+    proto.request("subscribe", SIGNAL, 50)
+    request_id, _ = proto.request("unsubscribe", SIGNAL, 1)
+    proto.receive(ack(request_id, SIGNAL, 1, "unsubscribe"), 2.0)
+    assert len(proto.subscriptions) == 99
+    proto.request("subscribe", SIGNAL, 1000)  # room again
+
+
+def test_refused_subscription_frees_its_slot() -> None:
+    """A pending subscription refused by the server no longer counts toward the limit."""
+    proto = connected(max_subscriptions=2)
+    subscribe(proto, SIGNAL, 1)
+    request_id, _ = proto.request("subscribe", SIGNAL, 2)
+    with pytest.raises(SubscriptionLimitError):
+        proto.request("subscribe", SIGNAL, 3)
+    proto.receive(error(request_id), 1.0)
+    proto.request("subscribe", SIGNAL, 3)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: ClientProtocol.request exempts only *held* pairs from the limit check; a "
+    "pair whose subscribe is still pending is already counted, yet re-requesting it raises",
+)
+def test_limit_allows_repeating_a_pending_subscription() -> None:
+    """At the limit, repeating a subscribe whose ack is pending adds no subscription."""
+    proto = connected(max_subscriptions=2)
+    subscribe(proto, SIGNAL, 1)
+    proto.request("subscribe", SIGNAL, 2)
+    proto.request("subscribe", SIGNAL, 2)
+
+
+# Argument checks -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy_id", [True, False, "12", 0, -1, 12.0, None])
+def test_bad_strategy_id_is_value_error(strategy_id: Any) -> None:
+    """bool, "12", 0, -1 and other non-positive-int strategy ids are ValueError."""
+    proto = connected()
+    with pytest.raises(ValueError):
+        proto.request("subscribe", SIGNAL, strategy_id)
+
+
+@pytest.mark.parametrize(
+    ("action", "channel", "resume_from"),
+    [
+        ("subscribe", "strategy.signals", None),
+        ("subscribe", "gap", None),
+        ("subscribe", "", None),
+        ("subscribe", POSITIONS, 5),
+        ("subscribe", POSITIONS, 0),
+        ("unsubscribe", SIGNAL, 5),
+        ("subscribe", SIGNAL, -1),
+        ("subscribe", SIGNAL, True),
+        ("subscribe", SIGNAL, "5"),
+        ("subscribe", SIGNAL, 5.0),
+        ("resubscribe", SIGNAL, None),
+    ],
+)
+def test_bad_arguments_fail_before_anything_is_sent(
+    action: str, channel: str, resume_from: Any
+) -> None:
+    """Unknown channel/action and resume_from on positions, unsubscribe or non-int: ValueError."""
+    proto = connected()
+    with pytest.raises(ValueError):
+        proto.request(action, channel, STRATEGY, resume_from)
+    with pytest.raises(ValueError):
+        proto.check_request(action, channel, STRATEGY, resume_from)
+    assert proto.data_to_send() == []
+    assert proto.request("subscribe", SIGNAL, STRATEGY)[0] == "r1"  # no id was used up
+    assert proto.connection_lost() == ["r1"]  # nothing else became outstanding
+
+
+# Sequence numbers, duplicates and handing out -----------------------------------------
+
+
+def test_signals_are_delivered_with_strategy_and_seq() -> None:
+    """A new signal is delivered as a Signal with its strategy and seq_id."""
+    proto = connected()
+    subscribe(proto)
+    (message,) = delivered(proto.receive(signal(1), 2.0))
+    assert isinstance(message, Signal)
+    assert (message.strategy_id, message.seq_id) == (STRATEGY, 1)
+
+
+def test_signal_at_or_below_last_accepted_is_duplicate() -> None:
+    """A signal whose seq_id is not above the last accepted one is a Duplicate."""
+    proto = connected()
+    subscribe(proto)
+    for seq in (1, 2, 3):
+        assert isinstance(proto.receive(signal(seq), 2.0)[0], Deliver)
+    for seq in (3, 2, 1):
+        (event,) = proto.receive(signal(seq), 2.0)
+        assert isinstance(event, Duplicate)
+        assert event.message.seq_id == seq
+    assert isinstance(proto.receive(signal(4), 2.0)[0], Deliver)
+
+
+def test_dedupe_is_per_strategy() -> None:
+    """Sequence numbers of different strategies never collide."""
+    proto = connected()
+    subscribe(proto, SIGNAL, STRATEGY)
+    subscribe(proto, SIGNAL, OTHER)
+    assert isinstance(proto.receive(signal(5, STRATEGY), 2.0)[0], Deliver)
+    assert isinstance(proto.receive(signal(5, OTHER), 2.0)[0], Deliver)
+    assert isinstance(proto.receive(signal(3, OTHER), 2.0)[0], Duplicate)
+
+
+def test_hand_out_refuses_what_was_already_handed_out() -> None:
+    """hand_out() is False for a signal at or below the last one handed out."""
+    proto = connected()
+    subscribe(proto)
+    messages = [delivered(proto.receive(signal(seq), 2.0))[0] for seq in (1, 2, 3)]
+    assert [proto.hand_out(m) for m in messages] == [True, True, True]
+    assert proto.last_delivered == {STRATEGY: 3}
+    assert [proto.hand_out(m) for m in messages] == [False, False, False]
+    assert proto.last_delivered == {STRATEGY: 3}
+
+
+def test_hand_out_passes_other_messages() -> None:
+    """Non-signal messages (and strategy-less signals) are always handed out."""
+    proto = connected()
+    gap = Gap(msg_type="gap", strategy_id=1, channel="strategy.signal:1", from_seq=1)
+    assert proto.hand_out(gap) and proto.hand_out(gap)
+    loose = Signal(msg_type="strategy.signal", seq_id=1)
+    assert proto.hand_out(loose) and proto.hand_out(loose)
+    assert proto.last_delivered == {}
+
+
+@given(st.lists(st.integers(min_value=1, max_value=30), max_size=60))
+@settings(max_examples=60, deadline=None)
+def test_each_seq_id_reaches_the_user_once_in_order(seqs: list[int]) -> None:
+    """Whatever order and repeats the server sends, handed-out seq_ids strictly increase."""
+    proto = connected()
+    subscribe(proto)
+    handed: list[int] = []
+    for seq in seqs:
+        for message in delivered(proto.receive(signal(seq), 2.0)):
+            if proto.hand_out(message):
+                handed.append(message.seq_id or 0)
+    assert handed == sorted(set(handed))
+    assert all(b > a for a, b in itertools.pairwise(handed))
+    if seqs:
+        assert handed[0] == seqs[0]
+
+
+# Connection loss and restore -----------------------------------------------------------
+
+
+def test_connection_lost_returns_waited_requests_and_keeps_subscriptions() -> None:
+    """Losing the socket fails the waited (not forgotten) requests; subscriptions stay."""
+    proto = connected()
+    subscribe(proto)
+    waited, _ = proto.request("subscribe", SIGNAL, OTHER)
+    forgotten, _ = proto.request("subscribe", POSITIONS, OTHER)
+    proto.forget(forgotten)
+    proto.receive(HEARTBEAT, 3.0)
+    assert proto.connection_lost() == [waited]
+    assert proto.subscriptions == {(SIGNAL, STRATEGY)}
+    assert not proto.is_open
+    assert proto.data_to_send() == []  # an unsent ack for the old socket is dropped
+    assert proto.connection_lost() == []
+
+
+def test_restore_resubscribes_every_held_pair() -> None:
+    """After reconnecting, each held pair is subscribed again, resuming from the last seq."""
+    proto = connected()
+    subscribe(proto, SIGNAL, STRATEGY)
+    subscribe(proto, SIGNAL, OTHER)
+    subscribe(proto, POSITIONS, STRATEGY)
+    for seq in (1, 2, 3):
+        for message in delivered(proto.receive(signal(seq), 2.0)):
+            proto.hand_out(message)
+    frames = reconnect(proto)
+    assert all(f["msg_type"] == "subscription.request" for f in frames)
+    assert all(f["timestamp"] == WALL_TEXT for f in frames)
+    payloads = {
+        (f["payload"]["channel"], f["payload"]["strategy_id"]): f["payload"] for f in frames
+    }
+    assert set(payloads) == {(SIGNAL, STRATEGY), (SIGNAL, OTHER), (POSITIONS, STRATEGY)}
+    assert payloads[(SIGNAL, STRATEGY)] == {
+        "action": "subscribe",
+        "channel": SIGNAL,
+        "strategy_id": STRATEGY,
+        "resume_from": 3,
+    }
+    assert "resume_from" not in payloads[(SIGNAL, OTHER)]  # nothing known
+    assert "resume_from" not in payloads[(POSITIONS, STRATEGY)]  # never on positions
+    ids = [f["request_id"] for f in frames]
+    assert len(set(ids)) == 3 and not set(ids) & {"r1", "r2", "r3"}
+
+
+def test_restore_acks_answer_nobody_and_keep_subscriptions() -> None:
+    """Restore acks are not RequestAnswered events; the pairs stay held."""
+    proto = connected()
+    subscribe(proto)
+    (frame,) = reconnect(proto)
+    assert proto.receive(ack(frame["request_id"]), 101.0) == []
+    assert proto.subscriptions == {(SIGNAL, STRATEGY)}
+
+
+def test_restore_resumes_from_handed_out_not_accepted() -> None:
+    """Signals received but not yet handed out are asked for again after a reconnect."""
+    proto = connected()
+    subscribe(proto)
+    messages = [delivered(proto.receive(signal(seq), 2.0))[0] for seq in (1, 2, 3, 4)]
+    proto.hand_out(messages[0])
+    proto.hand_out(messages[1])
+    (frame,) = reconnect(proto)
+    assert frame["payload"]["resume_from"] == 2
+    proto.receive(ack(frame["request_id"]), 101.0)
+    # Replay of 3 and 4 overlaps what is still queued: dropped; 5 is new.
+    assert isinstance(proto.receive(signal(3), 102.0)[0], Duplicate)
+    assert isinstance(proto.receive(signal(4), 102.0)[0], Duplicate)
+    assert isinstance(proto.receive(signal(5), 102.0)[0], Deliver)
+
+
+def test_first_signal_sets_resume_point_below_itself() -> None:
+    """A drop before the first signal is read resumes from just below it (nothing lost)."""
+    proto = connected()
+    subscribe(proto)
+    proto.receive(signal(7), 2.0)
+    assert proto.last_delivered == {STRATEGY: 6}
+    (frame,) = reconnect(proto)
+    assert frame["payload"]["resume_from"] == 6
+
+
+def test_refused_restore_drops_the_pair_and_tells_the_user() -> None:
+    """A resubscription refused after a reconnect removes the pair and delivers the error."""
+    proto = connected()
+    subscribe(proto)
+    subscribe(proto, POSITIONS)
+    frames = reconnect(proto)
+    signal_frame = next(f for f in frames if f["payload"]["channel"] == SIGNAL)
+    events = proto.receive(error(signal_frame["request_id"]), 101.0)
+    (message,) = delivered(events)
+    assert isinstance(message, ErrorMessage) and message.code == "FORBIDDEN"
+    assert proto.subscriptions == {(POSITIONS, STRATEGY)}
+
+
+def test_restore_with_no_subscriptions_sends_nothing() -> None:
+    """A client holding no subscriptions sends nothing after reconnecting."""
+    assert reconnect(connected()) == []
+
+
+# Resume points -------------------------------------------------------------------------
+
+
+def test_explicit_resume_from_restarts_the_replay() -> None:
+    """An acked explicit resume_from gives ReplayRestarted and lets the replay through."""
+    proto = connected()
+    subscribe(proto)
+    for seq in range(1, 11):
+        for message in delivered(proto.receive(signal(seq), 2.0)):
+            proto.hand_out(message)
+    request_id, frame = proto.request("subscribe", SIGNAL, STRATEGY, 5)
+    assert sent(frame)["payload"]["resume_from"] == 5
+    events = proto.receive(ack(request_id), 3.0)
+    assert ReplayRestarted(STRATEGY, 5) in events
+    assert [e.request_id for e in events if isinstance(e, RequestAnswered)] == [request_id]
+    assert proto.last_delivered == {STRATEGY: 5}
+    (replayed,) = delivered(proto.receive(signal(6), 4.0))
+    assert proto.hand_out(replayed)
+    assert isinstance(proto.receive(signal(6), 4.0)[0], Duplicate)
+
+
+def test_explicit_resume_from_zero_is_live_only() -> None:
+    """resume_from=0 sends no resume_from, even when a resume point is known."""
+    proto = connected(resume_points={STRATEGY: 50})
+    request_id, frame = proto.request("subscribe", SIGNAL, STRATEGY, 0)
+    assert "resume_from" not in sent(frame)["payload"]
+    events = proto.receive(ack(request_id), 1.0)
+    assert not any(isinstance(e, ReplayRestarted) for e in events)
+
+
+def test_checkpoint_resume_point_is_used() -> None:
+    """A checkpointed seq_id is sent as resume_from when subscribe gives none."""
+    proto = connected(resume_points={STRATEGY: 50})
+    request_id, frame = proto.request("subscribe", SIGNAL, STRATEGY)
+    assert sent(frame)["payload"]["resume_from"] == 50
+    events = proto.receive(ack(request_id), 1.0)
+    assert not any(isinstance(e, ReplayRestarted) for e in events)
+    assert proto.last_delivered == {STRATEGY: 50}
+    assert isinstance(proto.receive(signal(50), 2.0)[0], Duplicate)
+    assert isinstance(proto.receive(signal(51), 2.0)[0], Deliver)
+    (frame_after,) = reconnect(proto)
+    assert frame_after["payload"]["resume_from"] == 50
+
+
+def test_checkpoint_resume_point_never_on_positions_or_other_strategies() -> None:
+    """A checkpoint for one strategy adds no resume_from to positions or other strategies."""
+    proto = connected(resume_points={STRATEGY: 50})
+    _, on_positions = proto.request("subscribe", POSITIONS, STRATEGY)
+    _, on_other = proto.request("subscribe", SIGNAL, OTHER)
+    assert "resume_from" not in sent(on_positions)["payload"]
+    assert "resume_from" not in sent(on_other)["payload"]
+
+
+def test_handed_out_seq_wins_over_checkpoint() -> None:
+    """A resubscribe resumes from what was handed out in this run, not the older checkpoint."""
+    proto = connected(resume_points={STRATEGY: 50})
+    subscribe(proto)
+    for seq in (51, 52):
+        proto.hand_out(delivered(proto.receive(signal(seq), 2.0))[0])
+    _, frame = proto.request("subscribe", SIGNAL, STRATEGY)
+    assert sent(frame)["payload"]["resume_from"] == 52
+
+
+# Strategy inference and passing through ------------------------------------------------
+
+
+def test_signal_without_strategy_gets_the_only_subscription() -> None:
+    """A signal naming no strategy is attributed to the only signal subscription."""
+    proto = connected()
+    subscribe(proto)
+    subscribe(proto, POSITIONS, OTHER)
+    (message,) = delivered(proto.receive(signal(3, strategy_id=None), 2.0))
+    assert isinstance(message, Signal) and message.strategy_id == STRATEGY
+    assert isinstance(proto.receive(signal(3, strategy_id=None), 2.0)[0], Duplicate)
+
+
+def test_signal_without_strategy_and_several_subscriptions_passes_through() -> None:
+    """With several signal subscriptions an anonymous signal is delivered as it came."""
+    proto = connected()
+    subscribe(proto, SIGNAL, STRATEGY)
+    subscribe(proto, SIGNAL, OTHER)
+    (message,) = delivered(proto.receive(signal(3, strategy_id=None), 2.0))
+    assert isinstance(message, Signal) and message.strategy_id is None
+
+
+def test_positions_without_strategy_gets_the_only_positions_subscription() -> None:
+    """A positions update naming no strategy is attributed to the only positions pair."""
+    proto = connected()
+    subscribe(proto, POSITIONS, OTHER)
+    subscribe(proto, SIGNAL, STRATEGY)
+    (message,) = delivered(proto.receive(positions(None), 2.0))
+    assert isinstance(message, Positions) and message.strategy_id == OTHER
+    (named,) = delivered(proto.receive(positions(STRATEGY), 2.0))
+    assert isinstance(named, Positions) and named.strategy_id == STRATEGY
+
+
+def test_gap_is_delivered() -> None:
+    """A gap reaches the user, loud and intact."""
+    proto = connected()
+    subscribe(proto)
+    gap = server(
+        "gap",
+        payload={
+            "strategy_id": None,
+            "channel": "strategy.signal:12345678",
+            "from": "98765",
+            "message": "Replay limit of 1000 messages exceeded",
+        },
+    )
+    (message,) = delivered(proto.receive(gap, 2.0))
+    assert isinstance(message, Gap)
+    assert (message.strategy_id, message.from_seq) == (STRATEGY, 98765)
+
+
+def test_unknown_and_disconnected_messages_are_delivered() -> None:
+    """Unknown msg_types and connection.disconnected are passed to the user, not dropped."""
+    proto = connected()
+    (unknown,) = delivered(proto.receive(server("strategy.news", payload={"x": 1}), 2.0))
+    assert type(unknown) is Message and unknown.payload == {"x": 1}
+    (gone,) = delivered(proto.receive(server("connection.disconnected"), 2.0))
+    assert gone.msg_type == "connection.disconnected"
