@@ -1,0 +1,171 @@
+"""Soak, scaled for CI: a long stream through random faults loses and repeats nothing, and
+leaves no thread, socket or memory growth behind (API.md "Reconnecting", "Closing").
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+
+import psutil
+import pytest
+
+import c2sync
+from c2sync.emulator import Emulator
+
+from .conftest import API_KEY, STRATEGY, WAIT, c2sync_threads
+
+SIGNALS = 20_000
+FAULTS = 10
+SEED = 20_240_601
+# The most signals published beyond what the user has seen: well inside the replay cap
+# (1000), so a reconnect never needs more than the replay holds.
+LAG = 400
+RSS_SLACK = 50 * 2**20
+POLICY = c2sync.ReconnectPolicy(
+    initial=0.05, maximum=0.2, policy_violation_delay=0.3, overload_delay=0.2
+)
+
+FAULT_KINDS: dict[str, Callable[[Emulator], object]] = {
+    "drop": lambda emulator: emulator.drop(),
+    "close-1000": lambda emulator: emulator.close_connections(1000),
+    "close-1001": lambda emulator: emulator.close_connections(1001),
+    "close-1011": lambda emulator: emulator.close_connections(1011),
+    "close-1008": lambda emulator: emulator.close_connections(1008),
+    "stall": lambda emulator: emulator.stall(),
+}
+
+
+def client_sockets(emulator: Emulator) -> list[object]:
+    """This process's TCP sockets to the emulator's port (TIME_WAIT is the kernel's, not ours)."""
+    port = int(emulator.url.rsplit(":", 1)[1].split("/")[0])
+    return [
+        c
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == port and c.status != psutil.CONN_TIME_WAIT
+    ]
+
+
+class _Progress:
+    """How far the consumer got, and how many times the client came back OPEN."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.seen = 0
+        self.opens = 0
+        self.stop = False
+
+    def on_state(self, state: c2sync.State) -> None:
+        if state is c2sync.State.OPEN:
+            with self.cond:
+                self.opens += 1
+                self.cond.notify_all()
+
+    def saw(self, seq: int) -> None:
+        with self.cond:
+            self.seen = seq
+            self.cond.notify_all()
+
+    def wait(self, predicate: Callable[[], bool]) -> None:
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.stop or predicate(), WAIT):
+                raise TimeoutError("the soak stopped making progress")
+
+
+def test_soak_20000_signals_through_10_random_faults(emulator: Emulator) -> None:
+    """20,000 signals with 10 seeded random faults (drop, close codes, stall): every seq_id
+    exactly once and in order; threads and memory stay flat across the reconnects."""
+    rng = random.Random(SEED)
+    points = sorted(rng.sample(range(500, SIGNALS - 500), FAULTS))
+    # Every kind at least once, the rest drawn at random, in a random order.
+    kinds = sorted(FAULT_KINDS) + [
+        rng.choice(sorted(FAULT_KINDS)) for _ in range(FAULTS - len(FAULT_KINDS))
+    ]
+    rng.shuffle(kinds)
+    progress = _Progress()
+    client = c2sync.Client(
+        API_KEY, url=emulator.url, heartbeat_timeout=1.0, reconnect_policy=POLICY
+    )
+    client.on_state(progress.on_state)
+    process = psutil.Process()
+    thread_counts: list[int] = []
+    errors: list[BaseException] = []
+
+    def publish_with_faults() -> None:
+        try:
+            published, injected = 0, 0
+            while published < SIGNALS and not progress.stop:
+                progress.wait(lambda p=published: p - progress.seen < LAG)
+                due = injected < FAULTS and published >= points[injected]
+                # One fault at a time: the next waits until the client is back.
+                if due and progress.opens == 1 + injected:
+                    if injected and kinds[injected - 1] == "stall":
+                        emulator.unstall()  # let the abandoned connection close
+                    thread_counts.append(len(c2sync_threads()))
+                    FAULT_KINDS[kinds[injected]](emulator)
+                    injected += 1
+                published = emulator.publish_signal(STRATEGY)
+            progress.wait(lambda: progress.opens == 1 + FAULTS)
+            thread_counts.append(len(c2sync_threads()))
+        except BaseException as exc:
+            errors.append(exc)
+
+    with client:
+        progress.wait(lambda: progress.opens == 1)  # the first connection
+        client.subscribe(c2sync.SIGNAL, STRATEGY)
+        publisher = threading.Thread(target=publish_with_faults, name="soak-publisher")
+        try:
+            expected = 1
+            rss_before = None
+            publisher.start()
+            while expected <= SIGNALS:
+                message = client.recv(timeout=WAIT)
+                assert isinstance(message, c2sync.Signal), message
+                assert message.seq_id == expected, f"got {message.seq_id}, expected {expected}"
+                progress.saw(expected)
+                if expected == 1000:
+                    rss_before = process.memory_info().rss  # past the warm-up
+                expected += 1
+        finally:
+            with progress.cond:
+                progress.stop = True
+                progress.cond.notify_all()
+            publisher.join(WAIT)
+        assert not errors, errors
+        with pytest.raises(TimeoutError):  # and nothing after the last one
+            client.recv(timeout=0.2)
+        rss_after = process.memory_info().rss
+        assert client.stats.reconnects == FAULTS
+        connections = emulator.connections
+
+    assert len(connections) == FAULTS + 1, "a fault caused more than one reconnect"
+    resumes = [c.subscription_requests[0].resume_from for c in connections[1:]]
+    assert all(isinstance(r, int) and r > 0 for r in resumes), resumes
+    assert resumes == sorted(resumes)
+    assert len(set(thread_counts)) == 1, f"thread count changed across reconnects: {thread_counts}"
+    assert rss_before is not None
+    assert rss_after - rss_before < RSS_SLACK, f"RSS grew by {(rss_after - rss_before) >> 20} MB"
+    assert c2sync_threads() == []
+
+
+def test_100_connect_close_cycles_leave_no_thread_or_socket(emulator: Emulator) -> None:
+    """Connecting and closing 100 times leaves no c2sync thread, no socket to the server,
+    and no memory growth; every connection was closed with 1000."""
+    process = psutil.Process()
+    rss_before = process.memory_info().rss
+    for cycle in range(100):
+        client = c2sync.connect(API_KEY, url=emulator.url, heartbeat_timeout=2.0)
+        if cycle % 10 == 0:  # some cycles start every thread, the dispatcher included
+            got = threading.Event()
+            client.on(c2sync.SIGNAL, lambda message, got=got: got.set())
+            client.subscribe(c2sync.SIGNAL, STRATEGY)
+            emulator.publish_signal(STRATEGY)
+            assert got.wait(WAIT)
+        client.close()
+        assert c2sync_threads() == [], f"cycle {cycle} left threads behind"
+    emulator.wait_for_connections(0, WAIT)
+    assert client_sockets(emulator) == []
+    assert len(emulator.connections) == 100
+    assert {c.close_code for c in emulator.connections} == {1000}
+    assert process.memory_info().rss - rss_before < RSS_SLACK
