@@ -253,17 +253,18 @@ class ClientProtocol:
         self.check_request(action, channel, strategy_id, resume_from)
         pair = (channel, strategy_id)
         explicit = resume_from is not None and resume_from > 0
-        if action == SUBSCRIBE:
-            if pair not in self._subscriptions and self._count_subscriptions() >= (
+        if action == SUBSCRIBE and pair not in self._subscriptions:
+            pending = self._pending_pairs()
+            if pair not in pending and len(self._subscriptions) + len(pending) >= (
                 self.max_subscriptions
             ):
                 raise SubscriptionLimitError(
                     f"a connection holds at most {self.max_subscriptions} subscriptions"
                 )
-            if resume_from is None and channel == SIGNAL:
-                resume_from = self._delivered.get(strategy_id)
-                if resume_from is None:
-                    resume_from = self._resume_points.get(strategy_id)
+        if action == SUBSCRIBE and resume_from is None and channel == SIGNAL:
+            resume_from = self._delivered.get(strategy_id)
+            if resume_from is None:
+                resume_from = self._resume_points.get(strategy_id)
         request = self._new_request(action, channel, strategy_id, resume_from, explicit, True)
         return request.request_id, self._encode(request)
 
@@ -297,13 +298,13 @@ class ClientProtocol:
             for stale in forgotten[: max(0, len(forgotten) - _MAX_FORGOTTEN)]:
                 del self._outstanding[stale.request_id]
 
-    def _count_subscriptions(self) -> int:
-        pending = {
+    def _pending_pairs(self) -> set[Pair]:
+        """Pairs with a subscribe under way that the server does not hold yet."""
+        return {
             (r.channel, r.strategy_id)
             for r in self._outstanding.values()
             if r.action == SUBSCRIBE and (r.channel, r.strategy_id) not in self._subscriptions
         }
-        return len(self._subscriptions) + len(pending)
 
     def _new_request(
         self,

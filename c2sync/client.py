@@ -451,7 +451,15 @@ class _Session:
 
     def _on_frame(self, ws: Any, text: str | bytes) -> None:
         with self.lock:
-            events = self.protocol.receive(text, time.monotonic())
+            try:
+                events = self.protocol.receive(text, time.monotonic())
+            except Exception as exc:
+                # A frame our parser chokes on is the server's fault or our bug; either way
+                # it must not kill the reader (the heartbeats) or lose what comes next.
+                logger.exception("could not read a frame; skipping it")
+                error = ProtocolError(f"unreadable frame: {exc!r}")
+                error.__cause__ = exc
+                events = [Malformed(error)]
             frames = self.protocol.data_to_send()
         if frames:
             # Section 5: heartbeats are answered here, before any user code sees anything.
@@ -696,6 +704,8 @@ class _Session:
                 self.checkpoint.save(signal.strategy_id, signal.seq_id)
             except Exception:
                 logger.exception("saving the checkpoint failed")
+            if self._closed.is_set():
+                self._flush_checkpoint()  # a callback outlived close()'s flush
 
     def wait_closed(self) -> None:
         # Event.wait() without a timeout stays interruptible by Ctrl-C on the main thread.
@@ -862,16 +872,20 @@ class _Session:
             if reader is None and ws is not None:
                 _release(ws)
             self._finish()
-            if self.checkpoint is not None:
-                flush = getattr(self.checkpoint, "flush", None)
-                if callable(flush):
-                    try:
-                        flush()
-                    except Exception:
-                        logger.exception("flushing the checkpoint failed")
         for thread in (self._watchdog, self._dispatcher, self._reader):
             if thread is not None and thread is not current and thread.is_alive():
                 thread.join(_JOIN_BOUND)
+        if first:
+            # After the dispatcher: a callback that returned during close() counts.
+            self._flush_checkpoint()
+
+    def _flush_checkpoint(self) -> None:
+        flush = getattr(self.checkpoint, "flush", None)
+        if callable(flush):
+            try:
+                flush()
+            except Exception:
+                logger.exception("flushing the checkpoint failed")
 
     def threads(self) -> list[threading.Thread]:
         return [t for t in (self._reader, self._watchdog, self._dispatcher) if t is not None]

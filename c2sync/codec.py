@@ -95,9 +95,9 @@ def parse_timestamp(text: str) -> datetime:
         when = datetime(
             int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tz
         )
-    except ValueError as exc:
+        return when.astimezone(timezone.utc)
+    except (ValueError, OverflowError) as exc:  # out of range, e.g. year 1 at +23:00
         raise ValueError(f"not an ISO-8601 timestamp: {text!r}") from exc
-    return when.astimezone(timezone.utc)
 
 
 def encode_heartbeat_ack(now: datetime | None = None) -> str:
@@ -254,10 +254,18 @@ def parse_message(text: str | bytes) -> Message:
 _EMPTY_PAYLOAD: Mapping[str, Any] = ReadOnlyDict()
 
 
+_MAX_ID_DIGITS = 20  # ids and seq_ids are 64-bit at most; longer digit strings are junk
+
+
 def _strategy_id(value: object) -> int | None:
     if type(value) is int and value > 0:
         return value
-    if isinstance(value, str) and value.isdigit() and value.isascii():
+    if (
+        isinstance(value, str)
+        and 0 < len(value) <= _MAX_ID_DIGITS
+        and value.isdigit()
+        and value.isascii()
+    ):
         return int(value) or None
     return None
 

@@ -214,7 +214,7 @@ def _parse_error_body(body: str) -> tuple[str | None, str | None]:
     """Pull ``code`` and ``message`` out of a JSON error body, if it is one."""
     try:
         data: Any = json.loads(body)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         return None, None
     if not isinstance(data, dict):
         return None, None

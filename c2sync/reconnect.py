@@ -55,9 +55,12 @@ class ReconnectPolicy:
     def delays(self) -> Iterator[float]:
         """The backoff before each attempt, forever (or ``max_attempts`` of them)."""
         attempt = 0
+        bound = min(self.maximum, self.initial)
         while self.max_attempts is None or attempt < self.max_attempts:
-            bound = min(self.maximum, self.initial * self.factor**attempt)
             yield self.random() * bound
+            # Grown step by step and capped, never factor ** attempt: that overflows a
+            # float after ~1000 attempts of a client that retries forever.
+            bound = min(self.maximum, bound * self.factor)
             attempt += 1
 
     def is_retryable(self, error: BaseException) -> bool:
