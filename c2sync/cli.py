@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import sys
 import threading
 import time
@@ -70,7 +71,7 @@ EXIT_INTERRUPTED = 130
 
 #: What each exit status means (shown by ``c2sync --help`` and in the README).
 EXIT_CODES: dict[int, str] = {
-    EXIT_OK: "success (and `listen` stopped with Ctrl-C)",
+    EXIT_OK: "success (and `listen` stopped with Ctrl-C or SIGTERM)",
     EXIT_ERROR: "any other error (the server broke the protocol, the emulator could not start)",
     EXIT_AUTH: "no API key, the key was refused (HTTP 401), or a wrong command line",
     EXIT_REFUSED: "the server refused the connection: HTTP 429 (rate or connection limit), "
@@ -408,6 +409,23 @@ def _status_printer(url: str, stream: TextIO) -> Callable[[State], None]:
     return on_state
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Make SIGTERM (``kill``, ``docker stop``, systemd) stop like Ctrl-C: a clean close."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _listen(args: argparse.Namespace) -> int:
     if not args.signal and not args.positions:
         raise _Failure(EXIT_AUTH, "listen needs at least one --signal ID or --positions ID")
@@ -418,6 +436,11 @@ def _listen(args: argparse.Namespace) -> int:
         key, url=url, connect_timeout=args.connect_timeout, checkpoint=args.checkpoint or None
     )
     client.on_state(_status_printer(url, sys.stderr))
+    with _sigterm_as_interrupt():
+        return _listen_loop(args, client)
+
+
+def _listen_loop(args: argparse.Namespace, client: Client) -> int:
     clean = False
     try:
         client.connect()

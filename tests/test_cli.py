@@ -249,6 +249,22 @@ def test_check_unreachable_host(run_main: Callable[..., tuple[int, str, str]]) -
     assert "cannot reach the server" in err
 
 
+def test_check_unresolvable_host(
+    run_main: Callable[..., tuple[int, str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host name that does not resolve gives exit status 4 and one line, not a traceback
+    (the library lets websocket-client's WebSocketAddressException through, not OSError)."""
+
+    def no_dns(*args: Any, **kwargs: Any) -> Any:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    status, _, err = run_main("check", "--url", "ws://c2sync-test.invalid/ws", "--api-key", "k")
+    assert status == 4
+    assert_one_line_error(err)
+    assert "cannot reach the server: [Errno -2] Name or service not known" in err
+
+
 def test_url_and_key_from_the_environment(
     emulator: Emulator,
     run_main: Callable[..., tuple[int, str, str]],
@@ -291,11 +307,14 @@ def test_help_documents_exit_statuses() -> None:
 # listen ---------------------------------------------------------------------------------
 
 
-def test_listen_json_lines_and_sigint(
-    emulator: Emulator, listen: Callable[..., tuple[subprocess.Popen[str], Lines, Lines]]
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_listen_json_lines_and_stop(
+    emulator: Emulator,
+    listen: Callable[..., tuple[subprocess.Popen[str], Lines, Lines]],
+    stop: signal.Signals,
 ) -> None:
     """`c2sync listen --json` prints each message as one valid JSON line, and Ctrl-C
-    (SIGINT) stops it cleanly: exit 0, a close frame, no traceback."""
+    (SIGINT) or SIGTERM stops it cleanly: exit 0, a close frame, no traceback."""
     process, out, err = listen("--signal", str(STRATEGY), "--positions", str(STRATEGY), "--json")
     err.until(lambda line: "listening" in line)
     wait_subscribed(emulator, "strategy.positions")
@@ -307,7 +326,7 @@ def test_listen_json_lines_and_sigint(
     assert [m.get("seq_id") for m in messages[:3]] == [1, 2, 3]
     assert all(m["payload"]["StrategyId"] == STRATEGY for m in messages)
 
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     assert process.wait(WAIT) in (0, 130)
     stderr = "\n".join(err.rest())
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
