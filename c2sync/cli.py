@@ -22,6 +22,7 @@ import os
 import secrets
 import signal
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -75,7 +76,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_ERROR: "any other error (the server broke the protocol, the emulator could not start)",
     EXIT_AUTH: "no API key, the key was refused (HTTP 401), or a wrong command line",
     EXIT_REFUSED: "the server refused the connection: HTTP 429 (rate or connection limit), "
-    "503, any other handshake status, or a close with 1008 right after the upgrade",
+    "503 or another status, or a 1008 close right after the upgrade",
     EXIT_NETWORK: "a timeout or a network error (host unreachable, connection lost, TLS)",
     EXIT_SUBSCRIPTION: "the server refused a subscription (e.g. FORBIDDEN)",
     EXIT_INTERRUPTED: "interrupted with Ctrl-C (any command but `listen`)",
@@ -178,9 +179,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_AUTH, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, 78)
+
+
 def _epilog() -> str:
     lines = ["exit status:"]
-    lines += [f"  {code:>3}  {text}" for code, text in EXIT_CODES.items()]
+    for code, text in EXIT_CODES.items():
+        lines.append(
+            textwrap.fill(text, 78, initial_indent=f"  {code:>3}  ", subsequent_indent=" " * 7)
+        )
     lines.append("")
     lines.append(f"The key comes from --api-key or ${_KEY_ENV}; the URL from --url or ${_URL_ENV}")
     lines.append(f"(default {DEFAULT_URL}). The key is never printed.")
@@ -221,8 +229,10 @@ def _parser() -> argparse.ArgumentParser:
         "check",
         parents=[connection, verbosity],
         help="verify the API key: connect, print the first message and the round-trip time",
-        description="Connect, print the first message and the round-trip time, and close. "
-        "With --strategy, also time a subscription's round trip.",
+        description=_wrap(
+            "Connect, print the first message and the round-trip time, and close. "
+            "With --strategy, also time a subscription's round trip."
+        ),
         epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -237,8 +247,10 @@ def _parser() -> argparse.ArgumentParser:
         "listen",
         parents=[connection, verbosity],
         help="subscribe and print each message until Ctrl-C",
-        description="Subscribe and print each message until Ctrl-C. Lost connections are "
-        "re-opened and signals resumed, as the library does. Status lines go to stderr.",
+        description=_wrap(
+            "Subscribe and print each message until Ctrl-C (or SIGTERM). Lost connections "
+            "are re-opened and signals resumed, as the library does. Status lines go to stderr."
+        ),
         epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -284,9 +296,11 @@ def _parser() -> argparse.ArgumentParser:
         "demo",
         parents=[verbosity],
         help="watch signals, heartbeats, a dropped connection and its resume (no key needed)",
-        description="Start the emulator in-process, connect to it, and show in about ten "
-        "seconds: signals arriving, heartbeats answered, a dropped connection, the signals "
-        "published meanwhile, and the resume without loss. Needs no key and no network.",
+        description=_wrap(
+            "Start the emulator in-process, connect to it, and show in about ten seconds: "
+            "signals arriving, heartbeats answered, a dropped connection, the signals "
+            "published meanwhile, and the resume without loss. Needs no key and no network."
+        ),
     )
     demo.add_argument(
         "--strategy",
