@@ -723,11 +723,7 @@ def test_lone_surrogates_survive() -> None:
     assert json.loads(json.dumps(msg.raw)) == {"msg_type": "x\ud800", "payload": {"k": "\udfff"}}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: codec._strategy_id calls int() on any digit string; over 4300 digits "
-    "int() raises ValueError (int_max_str_digits), which escapes parse_message",
-)
+# Regression: int() of a >4300-digit string raised ValueError out of parse_message.
 @pytest.mark.parametrize(
     "obj",
     [
@@ -747,11 +743,7 @@ def test_long_digit_strings_never_escape_as_value_error(obj: dict[str, Any]) -> 
         pass
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_timestamp's astimezone(utc) raises OverflowError at the datetime "
-    "range edges; parse_message only catches ValueError, so OverflowError escapes",
-)
+# Regression: astimezone() raised OverflowError at the edges of datetime's range.
 @pytest.mark.parametrize("stamp", ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00"])
 def test_out_of_range_timestamp_keeps_the_message(stamp: str) -> None:
     """A timestamp that converts outside datetime's range is tolerated (timestamp None)."""
@@ -761,8 +753,8 @@ def test_out_of_range_timestamp_keeps_the_message(stamp: str) -> None:
 
 # Fuzz ----------------------------------------------------------------------------------
 
-# Kept inside the ranges of the two xfail bugs above (digit strings <= 30 characters,
-# timestamps from ordinary years); widen them once those bugs are fixed.
+# Includes the inputs of the two regressions above: very long digit strings and
+# timestamps at the edges of datetime's range.
 json_scalars = (
     st.none()
     | st.booleans()
@@ -770,12 +762,16 @@ json_scalars = (
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=20)
     | st.text(alphabet="0123456789", min_size=1, max_size=30)
+    | st.integers(min_value=15, max_value=6000).map(lambda n: "7" * n)
     | st.sampled_from(
         [
             "strategy.signal:12345678",
             "strategy.signal:",
             "2024-01-01T12:00:00Z",
             "2024-01-01T12:00:00.123456789+05:30",
+            "9999-12-31T23:59:59-01:00",
+            "0001-01-01T00:00:00+23:59",
+            "strategy.signal:" + "9" * 5000,
             "subscribe",
             "strategy.signal",
             "strategy.positions",

@@ -532,17 +532,17 @@ def test_refused_subscription_frees_its_slot() -> None:
     proto.request("subscribe", SIGNAL, 3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: ClientProtocol.request exempts only *held* pairs from the limit check; a "
-    "pair whose subscribe is still pending is already counted, yet re-requesting it raises",
-)
 def test_limit_allows_repeating_a_pending_subscription() -> None:
     """At the limit, repeating a subscribe whose ack is pending adds no subscription."""
     proto = connected(max_subscriptions=2)
     subscribe(proto, SIGNAL, 1)
-    proto.request("subscribe", SIGNAL, 2)
-    proto.request("subscribe", SIGNAL, 2)
+    first, _ = proto.request("subscribe", SIGNAL, 2)
+    second, _ = proto.request("subscribe", SIGNAL, 2)
+    with pytest.raises(SubscriptionLimitError):
+        proto.request("subscribe", POSITIONS, 2)  # a genuinely new pair is still refused
+    assert [e.request_id for e in proto.receive(ack(first, SIGNAL, 2), 1.0)] == [first]
+    assert [e.request_id for e in proto.receive(ack(second, SIGNAL, 2), 1.0)] == [second]
+    assert proto.subscriptions == {(SIGNAL, 1), (SIGNAL, 2)}
 
 
 # Argument checks -----------------------------------------------------------------------

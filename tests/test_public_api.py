@@ -234,11 +234,6 @@ def test_handshake_error_with_nothing() -> None:
     assert "418" in str(exc)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: exceptions._parse_error_body catches ValueError/TypeError but not "
-    "RecursionError, so a deeply nested handshake body crashes HandshakeError()",
-)
 def test_handshake_error_survives_a_hostile_body() -> None:
     """A deeply nested body from a broken proxy still yields a HandshakeError."""
     exc = HandshakeError(503, {"X-WS-Error": "busy"}, "[" * 100_000)
