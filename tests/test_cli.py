@@ -140,8 +140,7 @@ def wait_subscribed(emulator: Emulator, channel: str = "strategy.signal") -> Non
 
 
 def test_check_good_key(emulator: Emulator, run_main: Callable[..., tuple[int, str, str]]) -> None:
-    """`c2sync check` with a valid key prints the first message and the round-trip time and
-    exits 0."""
+    """`c2sync check` with a valid key prints the first message and round-trip time; exit 0."""
     status, out, err = run_main("check", "--url", emulator.url, "--api-key", API_KEY)
     assert status == 0, err
     assert "first message: connection.connected" in out
@@ -252,8 +251,8 @@ def test_check_unreachable_host(run_main: Callable[..., tuple[int, str, str]]) -
 def test_check_unresolvable_host(
     run_main: Callable[..., tuple[int, str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A host name that does not resolve gives exit status 4 and one line, not a traceback
-    (the library lets websocket-client's WebSocketAddressException through, not OSError)."""
+    """A host name that does not resolve gives exit status 4 and one line, no traceback."""
+    # The library lets websocket-client's WebSocketAddressException (not an OSError) through.
 
     def no_dns(*args: Any, **kwargs: Any) -> Any:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
@@ -313,8 +312,7 @@ def test_listen_json_lines_and_stop(
     listen: Callable[..., tuple[subprocess.Popen[str], Lines, Lines]],
     stop: signal.Signals,
 ) -> None:
-    """`c2sync listen --json` prints each message as one valid JSON line, and Ctrl-C
-    (SIGINT) or SIGTERM stops it cleanly: exit 0, a close frame, no traceback."""
+    """`listen --json` prints valid JSON lines; SIGINT/SIGTERM stop it cleanly with exit 0."""
     process, out, err = listen("--signal", str(STRATEGY), "--positions", str(STRATEGY), "--json")
     err.until(lambda line: "listening" in line)
     wait_subscribed(emulator, "strategy.positions")
@@ -338,8 +336,7 @@ def test_listen_json_lines_and_stop(
 def test_listen_reports_reconnect_and_resumes(
     emulator: Emulator, listen: Callable[..., tuple[subprocess.Popen[str], Lines, Lines]]
 ) -> None:
-    """`c2sync listen` prints a status line on connect and on reconnect, and the signals
-    published while it was disconnected come after the reconnect, none missing."""
+    """`listen` reports connect and reconnect, then prints the signals missed meanwhile."""
     process, out, err = listen("--signal", str(STRATEGY))
     assert err.next() == f"c2sync: connecting to {emulator.url}"
     assert err.next() == f"c2sync: connected to {emulator.url}"
@@ -393,8 +390,7 @@ def test_listen_bad_key(emulator: Emulator) -> None:
 
 
 def test_emulator_command_serves_until_sigint() -> None:
-    """`c2sync emulator` prints its URL first, serves clients with the given key and
-    strategy, publishes with --signal-every, and stops on Ctrl-C with exit 0."""
+    """`c2sync emulator` prints its URL, serves and publishes, and stops on Ctrl-C (exit 0)."""
     import c2sync
 
     process = subprocess.Popen(
@@ -434,8 +430,7 @@ def test_emulator_command_serves_until_sigint() -> None:
 
 
 def test_demo_shows_the_resume() -> None:
-    """`c2sync demo` needs no key or network, shows signals, heartbeats, the drop and the
-    resume without loss, and exits 0."""
+    """`c2sync demo` needs no key or network, shows the drop and lossless resume; exit 0."""
     result = subprocess.run(
         [*command(), "demo"],
         env=clean_env(),

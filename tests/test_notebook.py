@@ -113,8 +113,7 @@ def publish_later(emulator: Emulator, count: int, delay: float) -> threading.Thr
 
 
 def test_notebook_runs_in_a_real_kernel(emulator: Emulator, kernel: Kernel) -> None:
-    """The notebook connects, its callback fires while a later cell runs, re-running the
-    connect cell leaves one connection open, and the close cell closes it cleanly."""
+    """Callbacks fire during later cells; re-running connect leaks nothing; close is clean."""
     assert kernel.run_code("import sys; print(sys.executable)").strip() == sys.executable
 
     kernel.run("setup")
@@ -157,8 +156,7 @@ def test_notebook_runs_in_a_real_kernel(emulator: Emulator, kernel: Kernel) -> N
 def test_notebook_client_dropped_without_close_is_closed(
     emulator: Emulator, kernel: Kernel
 ) -> None:
-    """A client whose last reference a re-run cell drops (no close()) is garbage-collected
-    and closes its connection, as the notebook's notes promise."""
+    """A client a re-run cell drops without close() is collected and closes its connection."""
     kernel.run("setup")
     connect = "client = c2sync.Client(url=URL)\nclient.connect()\nprint(client.state.name)"
     assert kernel.run_code(connect).strip() == "OPEN"

@@ -70,8 +70,7 @@ def only(directory: Path, pattern: str) -> Path:
 
 @pytest.mark.timeout(900)
 def test_build_and_twine_check(dist: Path) -> None:
-    """`python -m build` makes an sdist and a wheel whose metadata and README `twine check`
-    accepts, with the samples in the sdist and the command in the wheel."""
+    """`python -m build` makes an sdist and a wheel that `twine check --strict` accepts."""
     sdist, wheel = only(dist, "*.tar.gz"), only(dist, "*.whl")
     output = run(
         [sys.executable, "-m", "twine", "check", "--strict", str(sdist), str(wheel)], cwd=dist
@@ -100,8 +99,7 @@ def test_build_and_twine_check(dist: Path) -> None:
 
 @pytest.mark.timeout(900)
 def test_wheel_installs_and_demo_runs(dist: Path, tmp_path: Path) -> None:
-    """The wheel installs into a fresh virtualenv (with the emulator extra) where the
-    `c2sync demo` command runs and shows the resume."""
+    """The wheel installs into a fresh virtualenv where `c2sync demo` runs and resumes."""
     wheel = only(dist, "*.whl")
     venv = tmp_path / "venv"
     env = outside_env()

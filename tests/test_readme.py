@@ -86,8 +86,7 @@ def test_readme_has_runnable_examples() -> None:
     [pytest.param(line, code, id=f"line-{line}") for line, code, skip in PYTHON_BLOCKS if not skip],
 )
 def test_readme_example_runs(line: int, code: str, publishing: Emulator, tmp_path: Path) -> None:
-    """Each Python example in the README runs unchanged, given only C2_API_KEY and
-    C2_WS_URL (here: the emulator's)."""
+    """Each README Python example runs unchanged, given only C2_API_KEY and C2_WS_URL."""
     env = dict(os.environ, C2_API_KEY=API_KEY, C2_WS_URL=publishing.url, PYTHONUNBUFFERED="1")
     result = subprocess.run(
         [sys.executable, "-c", code],
@@ -139,8 +138,7 @@ def test_readme_setup_commands() -> None:
 
 
 def test_readme_test_command_is_what_ci_runs() -> None:
-    """The README's test command is the one .ci/run runs (same extra, same pytest call), so
-    a newcomer runs what CI runs."""
+    """The README's test command is the one .ci/run runs, so newcomers run what CI runs."""
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     _, tests = console_commands()[:2]
     install, pytest_call = (part.strip() for part in tests.split("&&")[2:4])

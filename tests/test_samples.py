@@ -148,8 +148,7 @@ def test_callbacks_stops_after_seconds(emulator: Emulator, tmp_path: Path) -> No
 def test_checkpoint_resume_across_runs(
     emulator: Emulator, tmp_path: Path, publish_when_subscribed: Callable[[int], None]
 ) -> None:
-    """checkpoint_resume.py run twice gets, in the second run, exactly the signals published
-    while it was not running."""
+    """checkpoint_resume.py's second run gets exactly the signals published between runs."""
     checkpoint = tmp_path / "state.json"
     env = sample_env(emulator)
     args = (str(STRATEGY), "--checkpoint", str(checkpoint), "--count", "2", "--timeout", "10")
