@@ -74,10 +74,14 @@ class FileCheckpoint:
             raise ValueError(f"checkpoint {self.path!r} is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):
             raise ValueError(f"checkpoint {self.path!r} is not a JSON object")
-        try:
-            points = {int(k): int(v) for k, v in data.items()}
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"checkpoint {self.path!r} holds a non-integer: {exc}") from exc
+        points: dict[int, int] = {}
+        for key, value in data.items():
+            if not key.isdigit() or type(value) is not int or value < 0:
+                raise ValueError(
+                    f"checkpoint {self.path!r} holds {key!r}: {value!r}, "
+                    "not a strategy id and a seq_id"
+                )
+            points[int(key)] = value
         with self._lock:
             for strategy_id, seq_id in points.items():
                 if seq_id > self._points.get(strategy_id, -1):
@@ -110,6 +114,7 @@ class FileCheckpoint:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
+            _fsync_directory(directory)  # so the rename itself survives a power cut
         except BaseException:
             try:
                 os.unlink(tmp)
@@ -118,3 +123,16 @@ class FileCheckpoint:
             raise
         self._dirty = False
         self._written_at = time.monotonic()
+
+
+def _fsync_directory(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # e.g. a platform that cannot open directories
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

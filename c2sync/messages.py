@@ -74,7 +74,8 @@ class Message:
     request_id: str | None = None
     timestamp: datetime | None = None
     v: int | None = None
-    payload: Mapping[str, Any] = attrs.field(default=_EMPTY, repr=False)
+    # Not hashed (a dict is not hashable); equal messages still hash equal.
+    payload: Mapping[str, Any] = attrs.field(default=_EMPTY, repr=False, hash=False)
     raw: Mapping[str, Any] = attrs.field(default=_EMPTY, repr=False, eq=False)
 
 

@@ -240,3 +240,12 @@ def test_user_object_satisfies_checkpoint_protocol() -> None:
 def test_repr_shows_the_path() -> None:
     """repr() names the file, for debugging."""
     assert "state.json" in repr(FileCheckpoint("state.json"))
+
+
+@pytest.mark.parametrize("value", ["5.7", "true", "-3", '"12"'])
+def test_load_rejects_values_that_are_not_seq_ids(tmp_path: Path, value: str) -> None:
+    """A checkpoint holding a float, a bool, a negative or a string is refused, not coerced."""
+    path = tmp_path / "state.json"
+    path.write_text(f'{{"12345678": {value}}}')
+    with pytest.raises(ValueError, match="12345678"):
+        FileCheckpoint(path).load()

@@ -882,3 +882,11 @@ def nested(kind: str, depth: int) -> str:
 def test_fuzz_nesting_depth(depth: int, kind: str) -> None:
     """Nesting at any depth gives a Message or ProtocolError, never RecursionError."""
     assert_message_or_protocol_error(nested(kind, depth))
+
+
+def test_messages_are_hashable_and_equal_ones_hash_equal() -> None:
+    """Messages can go in sets and dict keys; equal messages hash equal."""
+    text = '{"msg_type":"strategy.signal","seq_id":3,"payload":{"StrategyId":7,"x":[1]}}'
+    first, second = parse_message(text), parse_message(text)
+    assert first == second and hash(first) == hash(second)
+    assert len({first, second}) == 1
