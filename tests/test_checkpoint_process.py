@@ -220,15 +220,6 @@ def test_callbacks_count_a_signal_once_they_return(emulator: Emulator, tmp_path:
     assert _stored(checkpoint) == 8
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: close() flushes the checkpoint before joining the dispatcher (client.py "
-        "_Session.close: flush, then thread.join), so a callback that returns while close() "
-        "waits for it is saved after the flush and, being within FileCheckpoint.interval of "
-        "it, never written: the signal comes again after a restart"
-    ),
-)
 def test_a_callback_finishing_during_close_is_counted(emulator: Emulator, tmp_path: Path) -> None:
     """A callback that returns while close() waits for the dispatcher counts as processed."""
     checkpoint = tmp_path / "state.json"

@@ -148,15 +148,16 @@ def eventually(emulator: Emulator, predicate: Callable[[], bool]) -> None:
 
 
 def wait_resubscribed(emulator: Emulator, requests: int) -> ConnectionRecord:
-    """Wait until the second connection has received ``requests`` subscription requests."""
+    """Wait until the latest connection (not the first) has received ``requests``
+    subscription requests; return it."""
     emulator.wait_for(
         lambda: (
             len(emulator.connections) >= 2
-            and len(emulator.connections[1].subscription_requests) >= requests
+            and len(emulator.connections[-1].subscription_requests) >= requests
         ),
         WAIT,
     )
-    return emulator.connections[1]
+    return emulator.connections[-1]
 
 
 def requests_of(record: ConnectionRecord, channel: str) -> list[SubscriptionRequestRecord]:
@@ -168,6 +169,12 @@ def requests_of(record: ConnectionRecord, channel: str) -> list[SubscriptionRequ
 
 def _close_with(code: int) -> Callable[[Emulator], object]:
     return lambda emulator: emulator.close_connections(code, "going away for the test")
+
+
+def _race_then_drop(emulator: Emulator) -> None:
+    """The connection-limit race on the reconnect: upgraded, then closed at once with 1008."""
+    emulator.accept_then_close(1)
+    emulator.drop()
 
 
 def _refuse_then_drop(emulator: Emulator) -> None:
@@ -185,6 +192,7 @@ FAULTS: dict[str, Callable[[Emulator], object]] = {
     "heartbeats-stopped": lambda emulator: emulator.stop_heartbeats(),
     "stalled": lambda emulator: emulator.stall(),
     "refused-429-then-503": _refuse_then_drop,
+    "accept-then-close-1008": _race_then_drop,
 }
 
 
@@ -228,7 +236,7 @@ def test_every_signal_arrives_once_in_order_across_a_fault(
         emulator.wait_for(lambda: emulator.handshakes_refused >= refused_before + 2, WAIT)
         assert time.monotonic() - first_refusal >= RETRY_AFTER * 0.9, "Retry-After ignored"
     rec.wait_state(State.OPEN, count=2)
-    wait_resubscribed(emulator, 2)
+    again = wait_resubscribed(emulator, 2)
     emulator.publish_positions(STRATEGY)
     publish(emulator, 8)  # 13..20, live
     rec.take(lambda: rec.last() == 20)
@@ -240,7 +248,9 @@ def test_every_signal_arrives_once_in_order_across_a_fault(
     rec.wait(lambda: len(rec.states) >= 4)
     assert rec.states == [State.CONNECTING, State.OPEN, State.RECONNECTING, State.OPEN]
 
-    first, again = emulator.connections[0], emulator.connections[1]
+    first = emulator.connections[0]
+    expected_connections = 3 if fault == "accept-then-close-1008" else 2
+    assert len(emulator.connections) == expected_connections
     assert [r.resume_from for r in first.subscription_requests] == [None, None]
     (signal_request,) = requests_of(again, c2sync.SIGNAL)
     (positions_request,) = requests_of(again, c2sync.POSITIONS)
@@ -250,12 +260,17 @@ def test_every_signal_arrives_once_in_order_across_a_fault(
     assert signal_request.at > published_at, "9..12 were not published while disconnected"
     assert again.subscriptions == {(c2sync.SIGNAL, STRATEGY), (c2sync.POSITIONS, STRATEGY)}
     # The new connection is healthy: its heartbeats are answered.
-    emulator.wait_for(lambda: any(h.acked_at for h in emulator.connections[1].heartbeats), WAIT)
+    emulator.wait_for(lambda: any(h.acked_at for h in emulator.connections[-1].heartbeats), WAIT)
 
     if fault in ("heartbeats-stopped", "stalled"):
         assert any("no heartbeat" in r.getMessage() for r in caplog.records)
     if fault == "close-1008":
         assert again.opened_at - lost_at >= POLICY_VIOLATION_DELAY * 0.9
+    elif fault == "accept-then-close-1008":
+        race = emulator.connections[1]
+        assert race.sent_close_code == 1008 and race.subscription_requests == ()
+        assert race.closed_at is not None
+        assert again.opened_at - race.closed_at >= POLICY_VIOLATION_DELAY * 0.9
     else:
         assert again.opened_at - lost_at >= BACKOFF * 0.9
     if fault.startswith("refused"):
@@ -494,3 +509,38 @@ def test_subscribe_while_reconnecting_completes_on_the_new_connection(
     publish(emulator, 1, OTHER_STRATEGY)
     message = client.recv(timeout=WAIT)
     assert (message.strategy_id, message.seq_id) == (OTHER_STRATEGY, 1)
+
+
+def test_reconnecting_gives_up_after_max_attempts_with_the_last_error(
+    open_client: OpenClient, emulator: Emulator
+) -> None:
+    """With max_attempts, a server that keeps refusing ends the client with the last refusal
+    (after the queued messages), and the attempts stop."""
+    policy = c2sync.ReconnectPolicy(initial=0.05, maximum=0.05, overload_delay=0.05, max_attempts=3)
+    client, _ = open_client(reconnect_policy=policy)
+    client.subscribe(c2sync.SIGNAL, STRATEGY)
+    publish(emulator, 2)
+    eventually(emulator, lambda: client.stats.messages >= 2)
+    emulator.refuse_next(10, 503)
+    emulator.drop()
+    assert [client.recv(timeout=WAIT).seq_id for _ in range(2)] == [1, 2]
+    with pytest.raises(c2sync.ServiceUnavailableError):
+        client.recv(timeout=WAIT)
+    assert emulator.handshakes_refused == 3
+    with pytest.raises(TimeoutError):
+        emulator.wait_for(lambda: emulator.handshakes_refused > 3, 0.5)
+    assert client.state is State.CLOSED
+
+
+def test_subscribe_in_flight_when_the_connection_dies_completes_after_the_reconnect(
+    open_client: OpenClient, emulator: Emulator
+) -> None:
+    """A subscribe() whose request the dead connection never answered is answered on the
+    new connection; it does not fail while the client reconnects."""
+    client, _ = open_client()
+    client.subscribe(c2sync.SIGNAL, STRATEGY)
+    emulator.stall()  # the request is never read; the client declares the connection dead
+    ack = client.subscribe(c2sync.SIGNAL, OTHER_STRATEGY, timeout=WAIT)
+    assert ack.strategy_id == OTHER_STRATEGY
+    assert (c2sync.SIGNAL, OTHER_STRATEGY) in client.subscriptions
+    assert client.state is State.OPEN
