@@ -209,6 +209,10 @@ def test_every_signal_arrives_once_in_order_across_a_fault(
     order; subscriptions come back with resume_from = the last one handed out."""
     caplog.set_level(logging.WARNING, logger="c2sync")
     client, rec = open_client(mode)
+    outcome: list[object] = []
+    runner = threading.Thread(target=_run_forever, args=(client, outcome))
+    if mode == "callback":  # a callback user blocks in run_forever(): a reconnect must not end it
+        runner.start()
     client.subscribe(c2sync.SIGNAL, STRATEGY)
     client.subscribe(c2sync.POSITIONS, STRATEGY)
     publish(emulator, 5)
@@ -275,6 +279,19 @@ def test_every_signal_arrives_once_in_order_across_a_fault(
         assert again.opened_at - lost_at >= BACKOFF * 0.9
     if fault.startswith("refused"):
         assert emulator.handshakes_refused - refused_before == 3
+    if mode == "callback":
+        assert runner.is_alive() and outcome == [], outcome
+        client.close()
+        runner.join(WAIT)
+        assert outcome == ["returned"]
+
+
+def _run_forever(client: c2sync.Client, outcome: list[object]) -> None:
+    try:
+        client.run_forever()
+        outcome.append("returned")
+    except BaseException as exc:
+        outcome.append(exc)
 
 
 # Final failures -----------------------------------------------------------------------------
