@@ -43,6 +43,7 @@ from . import (
     HandshakeError,
     Message,
     Positions,
+    QueueOverflow,
     ReconnectPolicy,
     ServerError,
     Signal,
@@ -82,6 +83,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_INTERRUPTED: "interrupted with Ctrl-C (any command but `listen`)",
 }
 
+_MAX_REPLAY = 1000  # PROTOCOL.md section 7: the most signals one resume replays
 _KEY_ENV = "C2_API_KEY"
 _URL_ENV = "C2_WS_URL"
 _PROG = "c2sync"
@@ -284,6 +286,14 @@ def _parser() -> argparse.ArgumentParser:
     listen.add_argument(
         "--json", action="store_true", help="print each message as one line of JSON (as received)"
     )
+    listen.add_argument(
+        "--max-queue",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="messages held while the output is slow (at least 1000, the server's replay "
+        "limit); beyond it the oldest are dropped and replayed (10000)",
+    )
 
     commands.add_parser(
         "emulator",
@@ -446,8 +456,16 @@ def _listen(args: argparse.Namespace) -> int:
     if args.resume_from is not None and len(args.signal) != 1:
         raise _Failure(EXIT_AUTH, "--resume-from needs exactly one --signal ID")
     key, url = _api_key(args), _url(args)
+    if args.max_queue < _MAX_REPLAY:
+        # A smaller queue cannot hold the replay that refills it after an overflow: the
+        # replay would overflow it again, and again.
+        raise _Failure(EXIT_AUTH, f"--max-queue must be at least {_MAX_REPLAY}")
     client = Client(
-        key, url=url, connect_timeout=args.connect_timeout, checkpoint=args.checkpoint or None
+        key,
+        url=url,
+        connect_timeout=args.connect_timeout,
+        checkpoint=args.checkpoint or None,
+        max_queue=args.max_queue,
     )
     client.on_state(_status_printer(url, sys.stderr))
     with _sigterm_as_interrupt():
@@ -466,13 +484,25 @@ def _listen_loop(args: argparse.Namespace, client: Client) -> int:
             client.subscribe(POSITIONS, strategy)
             _err(f"subscribed to {POSITIONS} {strategy}")
         _err("listening; Ctrl-C to stop")
-        for message in client:
+        while True:
+            try:
+                message = client.recv()
+            except QueueOverflow as overflow:
+                # Our output was too slow (a blocked pipe, say): ask for a replay of what
+                # was dropped rather than skip it (API.md "Back-pressure").
+                _err(f"{overflow.dropped} message(s) dropped: output too slow; replaying")
+                for strategy in args.signal:
+                    seq_id = overflow.last_seq.get(strategy, args.resume_from)
+                    if seq_id is None:
+                        _err(f"cannot replay {SIGNAL} {strategy}: no seq_id received yet")
+                    else:
+                        client.subscribe(SIGNAL, strategy, resume_from=seq_id)
+                continue
             if args.json:
                 line = json.dumps(dict(message.raw), separators=(",", ":"), default=str)
             else:
                 line = format_message(message)
             print(line, flush=True)
-        clean = True
     except KeyboardInterrupt:
         clean = True
         _err("stopped")
@@ -488,7 +518,6 @@ def _listen_loop(args: argparse.Namespace, client: Client) -> int:
             client.close()
         else:
             client.close(1011, "client error")
-    return EXIT_OK
 
 
 # emulator ---------------------------------------------------------------------------------

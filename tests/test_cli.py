@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -369,6 +370,50 @@ def test_listen_resume_from(
     assert [json.loads(out.next())["seq_id"] for _ in range(2)] == [3, 4]
     process.send_signal(signal.SIGINT)
     assert process.wait(WAIT) in (0, 130)
+
+
+def test_listen_slow_output_is_replayed_or_reported(emulator: Emulator) -> None:
+    """When `listen`'s output blocks, the overflow is replayed (1000) and the rest is a GAP."""
+    count = 1300  # ~850 kB of JSON: far more than a pipe holds while nobody reads it
+    process = subprocess.Popen(
+        [*command(), "listen", "--signal", str(STRATEGY), "--json", "--max-queue", "1000"],
+        env=clean_env(C2_API_KEY=API_KEY, C2_WS_URL=emulator.url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        err = Lines(process.stderr)
+        err.until(lambda line: "listening" in line)
+        wait_subscribed(emulator)
+        for _ in range(count):
+            emulator.publish_signal(STRATEGY)
+        # A heartbeat sent after the last signal and acknowledged: the client has read them all
+        # (its reader answers in order), while its printing is stuck on the full pipe.
+        published_at = time.monotonic()
+        emulator.wait_for(
+            lambda: any(
+                beat.sent_at > published_at and beat.acked_at is not None
+                for beat in emulator.connections[-1].heartbeats
+            ),
+            WAIT,
+        )
+        out = Lines(process.stdout)  # now read: the client's main thread resumes
+        messages = []
+        while not messages or messages[-1]["msg_type"] != "gap":
+            messages.append(json.loads(out.next()))
+        seq_ids = [m["seq_id"] for m in messages[:-1]]
+        assert seq_ids == list(range(1, len(seq_ids) + 1))  # none lost before the gap, no dups
+        resumed_from = int(messages[-1]["payload"]["from"])
+        assert seq_ids[-1] == resumed_from + 1000  # the replay filled what it could
+        err.until(lambda line: "dropped: output too slow; replaying" in line)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(WAIT) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(WAIT)
 
 
 @pytest.mark.xfail(
