@@ -1,0 +1,103 @@
+"""The benchmark harness (benchmarks/) runs end to end in its quick mode.
+
+Only that it produces a number for every metric is checked, never a timing: timings belong
+to benchmarks/README.md, measured on a quiet machine, not to a shared CI runner.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+C2SYNC = ("c2sync-recv", "c2sync-callback")
+BASELINES = ("websocket-client", "websockets-sync")
+EVERY = C2SYNC + BASELINES
+
+
+def number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench") / "quick.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--quiet", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Throughput" in proc.stdout
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def test_throughput_numbers_and_ratios(quick_run: dict[str, Any]) -> None:
+    """Every client's signals/s, and its ratio to the websocket-client loop, are measured."""
+    section = quick_run["summary"]["throughput"]
+    for impl in EVERY:
+        assert number(section[impl]["signals_per_s"]["median"]), impl
+        assert number(section[impl]["ratio"]["median"]), impl
+    assert section["websocket-client"]["ratio"]["median"] == 1.0
+
+
+def test_latency_numbers(quick_run: dict[str, Any]) -> None:
+    """Paced one-way latency p50 and p99 come out for every client."""
+    section = quick_run["summary"]["latency"]
+    for impl in EVERY:
+        assert number(section[impl]["p50_ms"]["median"]), impl
+        assert number(section[impl]["p99_ms"]["median"]), impl
+
+
+def test_heartbeat_ack_delay_numbers(quick_run: dict[str, Any]) -> None:
+    """Ack delays are measured under a flood, with a CPU-bound handler, and into a slow
+    consumer, for every client."""
+    summary = quick_run["summary"]
+    for impl in EVERY:
+        for delays in (
+            summary["throughput"][impl]["ack_delay"],
+            summary["slow"][impl]["ack_delay"],
+            summary["rss"][impl]["ack_delay"],
+        ):
+            assert delays["samples"] > 0, impl
+            assert number(delays["p50_ms"]) and number(delays["max_ms"]), impl
+
+
+def test_idle_cpu_close_and_memory_numbers(quick_run: dict[str, Any]) -> None:
+    """Idle CPU, close() time and peak RSS are measured."""
+    summary = quick_run["summary"]
+    for impl in ("c2sync-recv", *BASELINES):
+        assert number(summary["idle"][impl]["cpu_ms_per_20s"]["median"]), impl
+    for impl in EVERY:
+        assert number(summary["close"][impl]["close_ms"]["median"]), impl
+        assert number(summary["rss"][impl]["peak_mb"]["median"]), impl
+
+
+def test_the_run_describes_the_machine(quick_run: dict[str, Any]) -> None:
+    """The JSON says where the numbers come from: CPUs, CPU model, Python, load."""
+    machine = quick_run["machine"]
+    assert machine["nproc"] >= 1
+    assert machine["python"]
+    assert machine["c2sync"], "which c2sync was measured"
+    assert quick_run["failures"] == []
+
+
+def test_script_entry_point_help() -> None:
+    """``python benchmarks/run.py --help`` works from anywhere (the README's command)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0
+    assert "--quick" in proc.stdout
