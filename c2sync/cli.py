@@ -29,8 +29,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn, TextIO
 
-import websocket
-
 from . import (
     DEFAULT_URL,
     POSITIONS,
@@ -112,10 +110,6 @@ def _exit_status(error: BaseException) -> int:
         return EXIT_SUBSCRIPTION
     if isinstance(error, (TimeoutError, OSError, ConnectionClosed)):
         return EXIT_NETWORK
-    if isinstance(error, websocket.WebSocketException):
-        # websocket-client's own errors that c2sync lets through (e.g. a host name that
-        # does not resolve raises WebSocketAddressException, not an OSError).
-        return EXIT_NETWORK
     return EXIT_ERROR
 
 
@@ -130,9 +124,7 @@ def _describe(error: BaseException) -> str:
             "this key? wait a few seconds and try again"
         )
     text = " ".join(str(error).split()) or type(error).__name__
-    if isinstance(error, (OSError, websocket.WebSocketException)) and not isinstance(
-        error, TimeoutError
-    ):
+    if isinstance(error, OSError) and not isinstance(error, TimeoutError):
         return f"cannot reach the server: {text}"
     if isinstance(error, TimeoutError):
         return f"timed out: {text}"
@@ -366,7 +358,9 @@ def _check(args: argparse.Namespace) -> int:
         print(f"connected to {url}")
         # The first message is always connection.connected: anything else raises
         # ProtocolError above (PROTOCOL.md section 4).
-        print("first message: connection.connected")
+        first = client.connected_message
+        raw = json.dumps(dict(first.raw), default=str) if first is not None else "{}"
+        print(f"first message: {raw}")
         steps = "TCP + TLS + upgrade" if url.startswith("wss://") else "TCP + upgrade"
         print(f"round-trip: {elapsed * 1000:.1f} ms ({steps} + connection.connected)")
         if args.strategy is not None:

@@ -117,7 +117,7 @@ class Handle:
     """What :meth:`Client.on` returns; pass it to :meth:`Client.off`."""
 
     msg_type: str
-    callback: Callable[[Message], Any] = attrs.field(eq=False, repr=False)
+    callback: Callable[[Any], Any] = attrs.field(eq=False, repr=False)
     number: int = attrs.field(repr=False)
 
 
@@ -172,6 +172,7 @@ class _Session:
         self.protocol = ClientProtocol(heartbeat_timeout, resume_points=resume)
         self.stats = Stats()
         self.state = State.CLOSED
+        self.connected_message: Message | None = None
 
         # One lock around protocol state, the socket reference and the lifecycle flags
         # (STYLE.md rule 6). User code is never called while it is held.
@@ -256,6 +257,14 @@ class _Session:
                 raise TimeoutError(
                     f"could not connect to {self._safe_url()} within {self.connect_timeout:g} s"
                 ) from exc
+            except websocket.WebSocketAddressException as exc:
+                # A name that does not resolve is a network error like any other.
+                raise socket.gaierror(f"cannot resolve the host of {self._safe_url()}") from exc
+            except websocket.WebSocketConnectionClosedException as exc:
+                raise ConnectionClosed(None, "", "connection lost during the upgrade") from exc
+            except websocket.WebSocketException as exc:
+                # Anything else websocket-client refuses in the upgrade response.
+                raise ProtocolError(f"invalid upgrade response: {exc}") from exc
             with self.lock:
                 self._raw_sock = ws.sock
             try:
@@ -302,7 +311,9 @@ class _Session:
                     pass
             with self.lock:
                 # Raises ProtocolError unless this is connection.connected (section 4).
-                self.protocol.receive(text, time.monotonic())
+                (event,) = self.protocol.receive(text, time.monotonic())
+                assert isinstance(event, Connected)
+                self.connected_message = event.message
             return
 
     def _sslopt(self) -> dict[str, Any]:
@@ -341,7 +352,7 @@ class _Session:
                 if not self.reconnect:
                     self._fail(loss)
                     return
-                logger.warning("connection lost: %s; reconnecting", loss)
+                logger.warning("%s; reconnecting", loss)
                 self._set_state(State.RECONNECTING)
                 ws, backoff = self._reconnect(loss, backoff)
                 if ws is None:
@@ -892,7 +903,7 @@ class _Session:
 
     # Callbacks ---------------------------------------------------------------------------
 
-    def on(self, msg_type: str, callback: Callable[[Message], Any]) -> Handle:
+    def on(self, msg_type: str, callback: Callable[[Any], Any]) -> Handle:
         handle = Handle(msg_type, callback, next(self._handle_numbers))
         with self.lock:
             callbacks = dict(self._callbacks)
@@ -1173,7 +1184,7 @@ class Client:
                     raise
                 return
 
-    def on(self, msg_type: str, callback: Callable[[Message], Any]) -> Handle:
+    def on(self, msg_type: str, callback: Callable[[Any], Any]) -> Handle:
         """Call ``callback(message)`` on the dispatcher thread for each ``msg_type`` message.
 
         Args:
@@ -1234,6 +1245,11 @@ class Client:
     def url(self) -> str:
         """The URL this client connects to."""
         return self._session.url
+
+    @property
+    def connected_message(self) -> Message | None:
+        """The latest ``connection.connected`` message (None before the first)."""
+        return self._session.connected_message
 
 
 def connect(

@@ -896,3 +896,35 @@ def test_request_in_flight_during_a_drop_is_sent_again_after_reconnecting(
     assert client.subscriptions == {(c2sync.SIGNAL, STRATEGY)}
     assert len(emulator.connections) == 2
     assert [r.channel for r in emulator.connections[1].subscription_requests] == [c2sync.SIGNAL]
+
+
+def test_unresolvable_host_raises_an_oserror(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host name that does not resolve raises socket.gaierror (an OSError), not a
+    websocket-client type, so one except OSError catches every network failure."""
+
+    def no_dns(*args: object, **kwargs: object) -> object:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    with pytest.raises(socket.gaierror):
+        c2sync.connect(API_KEY, url="ws://c2sync-test.invalid/ws", connect_timeout=2)
+
+
+def test_garbage_upgrade_response_raises_protocol_error() -> None:
+    """A server answering the upgrade with something that is not HTTP -> ProtocolError."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+
+        def answer() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+
+        responder = threading.Thread(target=answer, daemon=True)
+        responder.start()
+        with pytest.raises(c2sync.ProtocolError):
+            c2sync.connect(API_KEY, url=f"ws://127.0.0.1:{port}/ws", connect_timeout=2)
+        responder.join(WAIT)
