@@ -38,8 +38,7 @@ def _overflow(client: c2sync.Client, emulator: Emulator) -> None:
 def test_overflow_raises_once_keeps_the_newest_and_heartbeats_stay_on_time(
     make_client: MakeClient, emulator: Emulator, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """max_queue=10 and 50 unread signals: heartbeats still acked on time, the next recv()
-    raises QueueOverflow(dropped=40, last_seq) once, then the newest 10 and live ones flow."""
+    """Overflow: heartbeats stay on time, QueueOverflow once, then the newest and live flow."""
     caplog.set_level(logging.WARNING, logger="c2sync")
     client = make_client(max_queue=MAX_QUEUE)
     _overflow(client, emulator)
@@ -85,8 +84,7 @@ def test_overflow_raises_once_keeps_the_newest_and_heartbeats_stay_on_time(
 def test_resubscribing_from_last_seq_recovers_the_dropped_signals(
     make_client: MakeClient, emulator: Emulator
 ) -> None:
-    """After QueueOverflow, subscribe(resume_from=err.last_seq[id]) replays the dropped
-    signals in order, each once, followed by live ones, with no further overflow."""
+    """resume_from=QueueOverflow.last_seq replays the dropped signals once, in order, via recv()."""
     client = make_client(max_queue=MAX_QUEUE)
     _overflow(client, emulator)
     with pytest.raises(c2sync.QueueOverflow) as info:
@@ -102,9 +100,7 @@ def test_resubscribing_from_last_seq_recovers_the_dropped_signals(
 def test_resubscribing_from_last_seq_recovers_when_the_replay_is_read_as_it_comes(
     make_client: MakeClient, emulator: Emulator
 ) -> None:
-    """The recovery the API describes works for a reader that keeps up: the queued (newer)
-    signals are superseded by the replay, and every seq_id after last_seq arrives once, in
-    order."""
+    """resume_from=QueueOverflow.last_seq recovers every dropped signal for a callback reader."""
     client = make_client(max_queue=MAX_QUEUE)
     _overflow(client, emulator)
     with pytest.raises(c2sync.QueueOverflow) as info:

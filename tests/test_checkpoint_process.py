@@ -113,8 +113,7 @@ def _stored(path: Path) -> int:
 def test_sigkilled_consumer_restarted_from_its_checkpoint_misses_nothing(
     emulator: Emulator, tmp_path: Path
 ) -> None:
-    """A consumer killed with SIGKILL mid-stream and restarted with the same checkpoint file
-    sees every seq_id; only signals not yet counted as processed come twice."""
+    """A consumer SIGKILLed mid-stream and restarted on its checkpoint misses nothing."""
     checkpoint = tmp_path / "state.json"
     published = 0
 
@@ -159,8 +158,7 @@ def test_sigkilled_consumer_restarted_from_its_checkpoint_misses_nothing(
 def test_clean_close_flushes_so_a_restart_resumes_right_after_the_last_processed(
     emulator: Emulator, tmp_path: Path, how: str
 ) -> None:
-    """close() (or a with block left normally) counts the message in hand and flushes the
-    batched checkpoint: the next client resumes exactly after it."""
+    """A clean close counts the message in hand and flushes: a restart resumes right after."""
     checkpoint = tmp_path / "state.json"
     client = c2sync.connect(API_KEY, url=emulator.url, checkpoint=str(checkpoint))
     with client:

@@ -205,8 +205,7 @@ def test_every_signal_arrives_once_in_order_across_a_fault(
     fault: str,
     mode: str,
 ) -> None:
-    """After any lost connection, signals published before, during and after arrive once, in
-    order; subscriptions come back with resume_from = the last one handed out."""
+    """Any lost connection: every signal once, in order; resumed from the last one handed out."""
     caplog.set_level(logging.WARNING, logger="c2sync")
     client, rec = open_client(mode)
     outcome: list[object] = []
@@ -319,8 +318,7 @@ def _consume_until_error(client: c2sync.Client, how: str, seen: list[Any]) -> No
 def test_401_on_reconnect_ends_the_client_without_retrying(
     open_client: OpenClient, emulator: Emulator, how: str
 ) -> None:
-    """A 401 while reconnecting is final: queued messages first, then AuthenticationError from
-    recv()/iteration/run_forever, and no further handshakes."""
+    """A 401 while reconnecting ends the client with AuthenticationError and no retry loop."""
     client, rec = open_client(reconnect_policy=FAST)
     client.subscribe(c2sync.SIGNAL, STRATEGY)
     publish(emulator, 3)
@@ -393,8 +391,7 @@ def test_without_reconnect_the_first_loss_ends_the_client(
 def test_more_missed_than_the_replay_holds_gives_a_gap_then_live_signals(
     caplog: pytest.LogCaptureFixture, max_replay: int
 ) -> None:
-    """Missing more than the replay window: the replay, then a Gap (logged as a warning),
-    then live signals carry on."""
+    """More missed than the replay holds: the replay, a logged Gap, then live signals."""
     caplog.set_level(logging.WARNING, logger="c2sync")
     missed = max_replay + 15
     with Emulator(
@@ -441,8 +438,7 @@ def test_more_missed_than_the_replay_holds_gives_a_gap_then_live_signals(
 def test_queued_unread_signals_are_not_delivered_twice_after_the_replay(
     open_client: OpenClient, emulator: Emulator
 ) -> None:
-    """Signals queued but unread at the drop are replayed by the server and dropped as
-    duplicates: each seq_id reaches the user once (PROTOCOL.md section 7)."""
+    """Signals queued but unread at a drop are not delivered again by the replay."""
     client, rec = open_client(reconnect_policy=FAST)
     client.subscribe(c2sync.SIGNAL, STRATEGY)
     publish(emulator, 10)
@@ -533,8 +529,7 @@ def test_subscribe_while_reconnecting_completes_on_the_new_connection(
 def test_reconnecting_gives_up_after_max_attempts_with_the_last_error(
     open_client: OpenClient, emulator: Emulator
 ) -> None:
-    """With max_attempts, a server that keeps refusing ends the client with the last refusal
-    (after the queued messages), and the attempts stop."""
+    """max_attempts failed reconnects end the client with the last error; attempts stop."""
     policy = c2sync.ReconnectPolicy(initial=0.05, maximum=0.05, overload_delay=0.05, max_attempts=3)
     client, _ = open_client(reconnect_policy=policy)
     client.subscribe(c2sync.SIGNAL, STRATEGY)
@@ -554,8 +549,7 @@ def test_reconnecting_gives_up_after_max_attempts_with_the_last_error(
 def test_subscribe_in_flight_when_the_connection_dies_completes_after_the_reconnect(
     open_client: OpenClient, emulator: Emulator
 ) -> None:
-    """A subscribe() whose request the dead connection never answered is answered on the
-    new connection; it does not fail while the client reconnects."""
+    """A subscribe() in flight when the connection dies is answered after the reconnect."""
     client, _ = open_client()
     client.subscribe(c2sync.SIGNAL, STRATEGY)
     emulator.stall()  # the request is never read; the client declares the connection dead
