@@ -100,6 +100,9 @@ class ReplayRestarted:
 
     strategy_id: int
     resume_from: int
+    # The last seq_id accepted before: the replay up to it re-sends what was queued or
+    # dropped, so the shell lets it past the queue bound (API.md "Back-pressure").
+    replay_to: int
 
 
 Event = (
@@ -433,9 +436,10 @@ class ClientProtocol:
             resume = request.resume_from
             if request.explicit_resume and resume:
                 # The user asked for a replay from here: it supersedes what is queued.
+                replay_to = max(resume, self._accepted.get(request.strategy_id, resume))
                 self._delivered[request.strategy_id] = resume
                 self._accepted[request.strategy_id] = resume
-                events.append(ReplayRestarted(request.strategy_id, resume))
+                events.append(ReplayRestarted(request.strategy_id, resume, replay_to))
             elif resume and request.channel == SIGNAL:
                 self._delivered.setdefault(request.strategy_id, resume)
                 self._accepted.setdefault(request.strategy_id, resume)

@@ -192,6 +192,10 @@ class _Session:
         self._queue_cond = threading.Condition(threading.Lock())
         self._queue_waiting = 0
         self._overflow = 0
+        # Replays asked for after an overflow: {strategy_id: last seq_id to let past the
+        # bound}, and the (strategy_id, seq_id) of such signals still queued.
+        self._replay_until: dict[int, int] = {}
+        self._exempt: set[tuple[int | None, int]] = set()
         self._in_hand: Signal | None = None  # handed out by recv(), not yet processed
 
         # Callbacks, copy-on-write so the reader reads them without a lock.
@@ -500,7 +504,7 @@ class _Session:
                 event.message.strategy_id,
             )
         elif isinstance(event, ReplayRestarted):
-            self._purge(event.strategy_id, event.resume_from)
+            self._purge(event.strategy_id, event.resume_from, event.replay_to)
         elif isinstance(event, Connected):
             pass
 
@@ -517,11 +521,16 @@ class _Session:
         if callbacks:
             self._post(tuple(h.callback for h in callbacks), message)
             return
+        exempt = None
+        if self._replay_until and isinstance(message, Signal) and self._replayed(message):
+            exempt = (message.strategy_id, message.seq_id)
         with self._queue_cond:
             queue = self._queue
             queue.append(message)
-            if len(queue) > self.max_queue:
-                queue.popleft()
+            if exempt is not None:
+                self._exempt.add(exempt)
+            elif len(queue) > self.max_queue + len(self._exempt):
+                self._forget_exempt(queue.popleft())
                 self._overflow += 1
                 self.stats.dropped += 1
                 if self._overflow == 1:
@@ -531,7 +540,22 @@ class _Session:
             if self._queue_waiting:
                 self._queue_cond.notify()
 
-    def _purge(self, strategy_id: int, resume_from: int) -> None:
+    def _replayed(self, signal: Signal) -> bool:
+        """Whether a signal is part of a replay the user asked for after an overflow; such
+        signals do not count against ``max_queue`` (bounded by the server's replay cap)."""
+        strategy_id = signal.strategy_id
+        until = self._replay_until.get(strategy_id) if strategy_id is not None else None
+        if strategy_id is None or until is None:
+            return False
+        if signal.seq_id >= until:
+            del self._replay_until[strategy_id]
+        return signal.seq_id <= until
+
+    def _forget_exempt(self, message: Message) -> None:
+        if self._exempt and isinstance(message, Signal):
+            self._exempt.discard((message.strategy_id, message.seq_id))
+
+    def _purge(self, strategy_id: int, resume_from: int, replay_to: int) -> None:
         """Drop queued signals the requested replay will send again, in order."""
 
         def superseded(message: Any) -> bool:
@@ -545,6 +569,9 @@ class _Session:
             kept = [m for m in self._queue if not superseded(m)]
             self._queue.clear()
             self._queue.extend(kept)
+            self._exempt = {e for e in self._exempt if e[0] != strategy_id or e[1] <= resume_from}
+            if replay_to > resume_from:
+                self._replay_until[strategy_id] = replay_to
         with self._dispatch_cond:
             items = [item for item in self._dispatch if not superseded(item[1])]
             self._dispatch.clear()
@@ -676,6 +703,7 @@ class _Session:
                         raise QueueOverflow(dropped, last)
                     if self._queue:
                         message = self._queue.popleft()
+                        self._forget_exempt(message)
                         break
                     if self._failure is not None:
                         raise self._failure

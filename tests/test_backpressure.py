@@ -72,15 +72,6 @@ def test_overflow_raises_once_keeps_the_newest_and_heartbeats_stay_on_time(
     assert client.state is c2sync.State.OPEN
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: the replay asked for with resume_from=QueueOverflow.last_seq lands in the same "
-        "max_queue-bounded recv() queue in one burst; it is always larger than max_queue "
-        "(dropped + the max_queue purged ones), so it overflows again and the dropped signals "
-        "are never recovered (client.py _Session._deliver drops the oldest of the replay)"
-    ),
-)
 def test_resubscribing_from_last_seq_recovers_the_dropped_signals(
     make_client: MakeClient, emulator: Emulator
 ) -> None:

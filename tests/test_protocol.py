@@ -771,7 +771,7 @@ def test_explicit_resume_from_restarts_the_replay() -> None:
     request_id, frame = proto.request("subscribe", SIGNAL, STRATEGY, 5)
     assert sent(frame)["payload"]["resume_from"] == 5
     events = proto.receive(ack(request_id), 3.0)
-    assert ReplayRestarted(STRATEGY, 5) in events
+    assert ReplayRestarted(STRATEGY, 5, replay_to=10) in events
     assert [e.request_id for e in events if isinstance(e, RequestAnswered)] == [request_id]
     assert proto.last_delivered == {STRATEGY: 5}
     (replayed,) = delivered(proto.receive(signal(6), 4.0))
