@@ -207,10 +207,10 @@ def parse_message(text: str | bytes) -> Message:
     if not isinstance(text, str):
         raise ProtocolError("binary frame: the protocol sends JSON text frames only")
     try:
-        obj = json.loads(text)
+        obj = _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"frame is not valid JSON: {exc}") from exc
-    if type(obj) is not dict:
+    if type(obj) is not ReadOnlyDict:
         raise ProtocolError(f"frame is a JSON {type(obj).__name__}, not an object")
     msg_type = obj.get("msg_type")
     if not isinstance(msg_type, str):
@@ -218,11 +218,9 @@ def parse_message(text: str | bytes) -> Message:
     payload = obj.get("payload")
     if payload is None:
         payload = _EMPTY_PAYLOAD
-    elif type(payload) is dict:
-        payload = obj["payload"] = ReadOnlyDict(payload)
-    else:
+    elif type(payload) is not ReadOnlyDict:
         raise ProtocolError(f"{msg_type}: payload is a JSON {type(payload).__name__}")
-    raw = ReadOnlyDict(obj)
+    raw = obj
     seq_id = obj.get("seq_id")
     if seq_id is not None and type(seq_id) is not int:
         raise ProtocolError(f"{msg_type}: seq_id is not an integer: {seq_id!r}")
@@ -252,6 +250,9 @@ def parse_message(text: str | bytes) -> Message:
 
 
 _EMPTY_PAYLOAD: Mapping[str, Any] = ReadOnlyDict()
+# Every JSON object of a message is read-only, at any depth, with no copying: one
+# callback cannot change what another callback or recv() sees (arrays stay lists).
+_DECODER = json.JSONDecoder(object_pairs_hook=ReadOnlyDict)
 
 
 _MAX_ID_DIGITS = 20  # ids and seq_ids are 64-bit at most; longer digit strings are junk

@@ -890,3 +890,17 @@ def test_messages_are_hashable_and_equal_ones_hash_equal() -> None:
     first, second = parse_message(text), parse_message(text)
     assert first == second and hash(first) == hash(second)
     assert len({first, second}) == 1
+
+
+def test_nested_payload_objects_are_read_only_too() -> None:
+    """No callback can change a nested object another callback or recv() will see."""
+    message = parse_message(
+        '{"msg_type":"strategy.signal","seq_id":1,'
+        '"payload":{"C2Symbol":{"FullSymbol":"@ESZ6"},"Legs":[{"Qty":1}]}}'
+    )
+    with pytest.raises(TypeError):
+        message.payload["C2Symbol"]["FullSymbol"] = "x"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        message.payload["Legs"][0]["Qty"] = 2  # type: ignore[index]
+    assert message.raw["payload"] is message.payload
+    assert json.loads(json.dumps(message.raw))["payload"]["Legs"] == [{"Qty": 1}]
