@@ -81,7 +81,6 @@ EXIT_CODES: dict[int, str] = {
     EXIT_INTERRUPTED: "interrupted with Ctrl-C (any command but `listen`)",
 }
 
-_MAX_REPLAY = 1000  # PROTOCOL.md section 7: the most signals one resume replays
 _KEY_ENV = "C2_API_KEY"
 _URL_ENV = "C2_WS_URL"
 _PROG = "c2sync"
@@ -283,8 +282,8 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=10_000,
         metavar="N",
-        help="messages held while the output is slow (at least 1000, the server's replay "
-        "limit); beyond it the oldest are dropped and replayed (10000)",
+        help="messages held while the output is slow; beyond it the oldest are dropped "
+        "and replayed (10000)",
     )
 
     commands.add_parser(
@@ -450,10 +449,8 @@ def _listen(args: argparse.Namespace) -> int:
     if args.resume_from is not None and len(args.signal) != 1:
         raise _Failure(EXIT_AUTH, "--resume-from needs exactly one --signal ID")
     key, url = _api_key(args), _url(args)
-    if args.max_queue < _MAX_REPLAY:
-        # A smaller queue cannot hold the replay that refills it after an overflow: the
-        # replay would overflow it again, and again.
-        raise _Failure(EXIT_AUTH, f"--max-queue must be at least {_MAX_REPLAY}")
+    if args.max_queue < 1:
+        raise _Failure(EXIT_AUTH, "--max-queue must be at least 1")
     client = Client(
         key,
         url=url,
