@@ -218,9 +218,13 @@ class _Session:
         """Connect, wait for ``connection.connected``, start the threads (the caller's thread
         blocks; errors raise here, nothing is retried)."""
         with self.lock:
-            if self._reader is not None:
+            if self._reader is not None or self._closing:
                 raise RuntimeError("this client is already connected; a closed one cannot reopen")
-            self._set_state(State.CONNECTING)
+            self._closed.clear()  # a failed connect() may be tried again
+            self._failure = None
+        # Never under self.lock: state changes take the queue's lock, which recv() holds
+        # while it takes self.lock.
+        self._set_state(State.CONNECTING)
         try:
             ws = self._connect_socket()
         except BaseException:
@@ -396,13 +400,15 @@ class _Session:
                 self.protocol.restore_subscriptions()
                 frames = self.protocol.data_to_send()
                 self.stats.reconnects += 1
-            self._set_state(State.OPEN)
             self._wake_watchdog()
             try:
                 for frame in frames:
                     ws.send(frame)
             except (websocket.WebSocketException, OSError) as exc:
                 logger.warning("resubscribing failed: %s", exc)  # the reader will see the loss
+            # OPEN once the subscriptions are asked back, so a request waiting for the
+            # reconnect goes out after them.
+            self._set_state(State.OPEN)
             return ws, backoff
 
     def _read_connection(self, ws: Any) -> tuple[bool, BaseException | None]:
@@ -445,7 +451,8 @@ class _Session:
                     break
         except BaseException as exc:
             if isinstance(exc, (websocket.WebSocketException, OSError, ProtocolError)):
-                loss = ConnectionClosed(None, "", f"connection lost: {exc or type(exc).__name__}")
+                why = str(exc) or type(exc).__name__
+                loss = ConnectionClosed(None, "", f"connection lost: {why}")
                 loss.__cause__ = exc
             else:
                 raise
