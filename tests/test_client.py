@@ -928,3 +928,18 @@ def test_garbage_upgrade_response_raises_protocol_error() -> None:
         with pytest.raises(c2sync.ProtocolError):
             c2sync.connect(API_KEY, url=f"ws://127.0.0.1:{port}/ws", connect_timeout=2)
         responder.join(WAIT)
+
+
+def test_connect_may_be_retried_after_a_refusal(emulator: Emulator) -> None:
+    """A Client whose connect() was refused (503) can call connect() again and work."""
+    client = c2sync.Client(API_KEY, url=emulator.url)
+    emulator.refuse_next(1, 503)
+    with pytest.raises(c2sync.ServiceUnavailableError):
+        client.connect()
+    assert client.state is c2sync.State.CLOSED
+    with client.connect():
+        client.subscribe(c2sync.SIGNAL, STRATEGY)
+        emulator.publish_signal(STRATEGY)
+        assert isinstance(client.recv(timeout=WAIT), c2sync.Signal)
+    with pytest.raises(RuntimeError):
+        client.connect()  # a closed client does not reopen
