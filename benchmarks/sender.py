@@ -291,7 +291,9 @@ class Connection:
                 report["ack_delays"] = delays
                 # Unanswered heartbeats waited at least until the connection ended.
                 end = self.end_ns or time.monotonic_ns()
-                report["unanswered_ages"] = [(end - t) / 1e9 for t in self.hb_sent[len(delays) :]]
+                report["unanswered_ages"] = [
+                    (end - t) / 1e9 for t in self.hb_sent[len(delays) :] if t < end
+                ]
             _emit(report)
 
     def serve(self, params: dict[str, str], report: dict[str, object]) -> None:
@@ -366,7 +368,7 @@ class Connection:
                     now = time.monotonic()
                     if now >= due:
                         break
-                    time.sleep(min(due, next_hb[0]) - now)
+                    time.sleep(max(0.0, min(due, next_hb[0]) - now))
                 self.send(_frame(signal_text(seq, time.monotonic_ns())))
                 due += interval
         report["send_seconds"] = time.monotonic() - t0

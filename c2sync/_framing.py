@@ -15,8 +15,7 @@ buffer with as many frames as the kernel holds, and they are parsed here in one 
 Frames from a server are never masked (RFC 6455 §5.1); no extension is negotiated, so the
 RSV bits must be clear. Text messages come back as ``str``; a text message that is not
 valid UTF-8 comes back as ``bytes``, like a binary message, for the caller to report as
-malformed. A close frame comes back as a :class:`CloseFrame`, after which the reader is
-done.
+malformed. A close frame ends the reader: it is kept in :attr:`FrameReader.close_frame`.
 
 No socket timeout is expected once connected (the client's watchdog shuts the socket down
 instead), but a timeout would be harmless: the buffer only ever holds whole reads, and a
@@ -31,12 +30,7 @@ from typing import Any, Final
 
 import websocket
 
-__all__ = [
-    "DEFAULT_MAX_SIZE",
-    "CloseFrame",
-    "FrameReader",
-    "Message",
-]
+__all__ = ["DEFAULT_MAX_SIZE", "CloseFrame", "FrameReader"]
 
 DEFAULT_MAX_SIZE: Final = 64 * 1024 * 1024  # bytes in one message, fragments included
 _READ_SIZE: Final = 256 * 1024  # bytes asked of one recv_into
@@ -73,11 +67,6 @@ class CloseFrame:
 
     def __hash__(self) -> int:
         return hash((self.code, self.reason))
-
-
-Message = str | bytes | CloseFrame
-"""What :meth:`FrameReader.read` returns: a text message, a binary (or undecodable text)
-message, or the close frame."""
 
 
 def _closed(why: str) -> Exception:
@@ -131,6 +120,8 @@ class FrameReader:
         self._fragment_size = 0
         self._done = False
         self._error: BaseException | None = None  # raised by the next read
+        self.close_frame: CloseFrame | None = None
+        """The server's close frame, once it has come (nothing is read after it)."""
 
     @classmethod
     def from_websocket(cls, ws: Any, *, max_size: int = DEFAULT_MAX_SIZE) -> FrameReader:
@@ -170,19 +161,21 @@ class FrameReader:
         """Bytes read from the socket and not yet parsed."""
         return self._end - self._start
 
-    def read(self) -> list[Message]:
+    def read(self) -> list[str | bytes]:
         """Block until at least one whole message is in, then return every whole message.
 
         Pings found on the way are answered at once; pongs are skipped. A close frame ends
-        the list and the reader.
+        the list and the reader: it is kept in :attr:`close_frame`, and the list holds the
+        messages that came before it (it may then be empty; otherwise it never is).
 
         Returns:
-            The messages, in order (never empty).
+            The messages, in order: ``str`` for text, ``bytes`` for binary messages and
+            for text that is not valid UTF-8.
 
         Raises:
             websocket.WebSocketConnectionClosedException: the socket reached EOF (the peer
                 went away, or another thread shut the socket down), or the reader already
-                returned a close frame.
+                saw a close frame.
             websocket.WebSocketProtocolException: the server broke RFC 6455.
             websocket.WebSocketPayloadException: a message is larger than ``max_size``.
             OSError: the socket failed (``ssl.SSLError`` included).
@@ -193,10 +186,10 @@ class FrameReader:
             raise error
         if self._done:
             raise _closed("the connection is closed")
-        out: list[Message] = []
+        out: list[str | bytes] = []
         while True:
             need = self._parse(out)
-            if out:
+            if out or self.close_frame is not None:
                 return out
             self._fill(need)
 
@@ -224,7 +217,7 @@ class FrameReader:
             raise _closed("the connection was lost (EOF)")
         self._end = end + count
 
-    def _parse(self, out: list[Message]) -> int:
+    def _parse(self, out: list[str | bytes]) -> int:
         """Append every whole message buffered to ``out``; return the bytes the next frame
         still needs (at least 1)."""
         buf = self._buf
@@ -294,7 +287,7 @@ class FrameReader:
                             self._error = exc
                             break
                     elif opcode == _OP_CLOSE:
-                        out.append(_close_frame(payload))
+                        self.close_frame = _close_frame(payload)
                         self._done = True
                         break
                     elif opcode != _OP_PONG:
@@ -307,7 +300,9 @@ class FrameReader:
             self._start = self._end = 0
         return need
 
-    def _data_frame(self, opcode: int, fin: int, payload: bytes, out: list[Message]) -> None:
+    def _data_frame(
+        self, opcode: int, fin: int, payload: bytes, out: list[str | bytes]
+    ) -> None:
         """A text, binary or continuation frame other than a whole text frame."""
         fragments = self._fragments
         if opcode == _OP_CONT:

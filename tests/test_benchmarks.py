@@ -65,6 +65,7 @@ def test_heartbeat_ack_delay_numbers(quick_run: dict[str, Any]) -> None:
     for impl in EVERY:
         for delays in (
             summary["throughput"][impl]["ack_delay"],
+            summary["flood"][impl]["ack_delay"],
             summary["slow"][impl]["ack_delay"],
             summary["rss"][impl]["ack_delay"],
         ):

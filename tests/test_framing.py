@@ -64,9 +64,12 @@ class Pongs:
 
 
 def read_all(reader: FrameReader, count: int) -> list[Any]:
+    """``count`` messages, the close frame counted as one (appended last)."""
     got: list[Any] = []
-    while len(got) < count:
+    while len(got) < count and reader.close_frame is None:
         got.extend(reader.read())
+    if reader.close_frame is not None:
+        got.append(reader.close_frame)
     return got
 
 
@@ -191,7 +194,7 @@ def test_ping_answered_before_later_messages_are_read(
 
 
 def test_close_with_code_and_reason(pair: tuple[socket.socket, socket.socket]) -> None:
-    """A close frame ends the list, with its code and reason; nothing after it is read."""
+    """A close frame ends the reader, with its code and reason; nothing after it is read."""
     client, server = pair
     server.sendall(
         frame(TEXT, "last")
@@ -208,7 +211,9 @@ def test_close_without_body(pair: tuple[socket.socket, socket.socket]) -> None:
     """An empty close frame has no code."""
     client, server = pair
     server.sendall(frame(CLOSE, b""))
-    assert FrameReader(client, Pongs()).read() == [CloseFrame(None, "")]
+    reader = FrameReader(client, Pongs())
+    assert reader.read() == []
+    assert reader.close_frame == CloseFrame(None, "")
 
 
 def test_eof_mid_frame(pair: tuple[socket.socket, socket.socket]) -> None:
