@@ -353,9 +353,29 @@ class ClientProtocol:
         try:
             message = parse_message(text)
         except ProtocolError as exc:
+            return self.receive_parsed(exc, now)
+        return self.receive_parsed(message, now)
+
+    def receive_parsed(self, message: Message | ProtocolError, now: float) -> list[Event]:
+        """:meth:`receive` for a frame the caller already ran through :func:`parse_message`.
+
+        The shell parses outside its lock (parsing is most of a frame's cost and needs no
+        state), then hands the result in here under the lock.
+
+        Args:
+            message: what ``parse_message`` returned, or the ``ProtocolError`` it raised.
+            now: the current monotonic time, for the heartbeat deadline.
+
+        Returns:
+            What happened, in order (see :meth:`receive`).
+
+        Raises:
+            ProtocolError: the first frame of a connection is not ``connection.connected``.
+        """
+        if isinstance(message, ProtocolError):
             if self._awaiting_connected:
-                raise ProtocolError(f"expected {CONNECTED} first: {exc}") from exc
-            return [Malformed(exc)]
+                raise ProtocolError(f"expected {CONNECTED} first: {message}") from message
+            return [Malformed(message)]
         msg_type = message.msg_type
         if self._awaiting_connected:
             if msg_type != CONNECTED:

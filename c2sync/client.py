@@ -35,6 +35,7 @@ from urllib.parse import unquote, urlsplit
 import attrs
 import websocket
 
+from ._framing import FrameReader
 from ._protocol import (
     ClientProtocol,
     Connected,
@@ -56,6 +57,7 @@ from ._spec import (
     UNSUBSCRIBE,
 )
 from .checkpoint import Checkpoint, FileCheckpoint
+from .codec import parse_message
 from .exceptions import (
     AuthenticationError,
     ConnectionClosed,
@@ -195,7 +197,7 @@ class _Session:
         # Replays asked for after an overflow: {strategy_id: last seq_id to let past the
         # bound}, and the (strategy_id, seq_id) of such signals still queued.
         self._replay_until: dict[int, int] = {}
-        self._exempt: set[tuple[int | None, int]] = set()
+        self._exempt: set[tuple[int, int]] = set()
         self._in_hand: Signal | None = None  # handed out by recv(), not yet processed
 
         # Callbacks, copy-on-write so the reader reads them without a lock.
@@ -415,39 +417,25 @@ class _Session:
         """Read one socket until it ends. Returns (whether data came, the loss or None)."""
         self._wake_watchdog()
         got_data = False
-        cont = ws.cont_frame
-        opcode_text = websocket.ABNF.OPCODE_TEXT
-        data_opcodes = (opcode_text, websocket.ABNF.OPCODE_BINARY, websocket.ABNF.OPCODE_CONT)
         loss: BaseException | None
         try:
+            # connection.connected was read by websocket-client, with its timeouts; from
+            # here this thread owns every read, so it reads ahead and parses frames itself,
+            # one recv_into for many frames (WEBSOCKET-CLIENT-FACTS.md "Reading").
+            reader = FrameReader.from_websocket(ws)
             while True:
-                frame = ws.recv_frame()
-                opcode = frame.opcode
-                if opcode in data_opcodes:
-                    cont.validate(frame)
-                    cont.add(frame)
-                    if not cont.is_fire(frame):
-                        continue
-                    opcode, frame = cont.extract(frame)
-                    data = frame.data
-                    text: str | bytes = data
-                    if opcode == opcode_text:
-                        try:
-                            text = data.decode("utf-8")
-                        except UnicodeDecodeError:
-                            pass  # handed on as bytes: reported as malformed
+                texts = reader.read()  # every whole message the socket held
+                if texts:
                     got_data = True
-                    self._on_frame(ws, text)
-                elif opcode == websocket.ABNF.OPCODE_PING:
-                    ws.pong(frame.data)
-                elif opcode == websocket.ABNF.OPCODE_CLOSE:
-                    code, reason = _close_frame(frame.data)
+                    self._on_frames(ws, texts)
+                close = reader.close_frame
+                if close is not None:
                     if not self._closing:
                         try:
                             ws.send_close(CLOSE_NORMAL)
                         except (websocket.WebSocketException, OSError):
                             pass
-                    loss = ConnectionClosed(code, reason)
+                    loss = ConnectionClosed(close.code, close.reason)
                     break
         except BaseException as exc:
             if isinstance(exc, (websocket.WebSocketException, OSError, ProtocolError)):
@@ -471,27 +459,43 @@ class _Session:
             self._answer(request_id, error=_RequestLost(None, "", f"request lost: {loss}"))
         return got_data, (None if closing else loss)
 
-    def _on_frame(self, ws: Any, text: str | bytes) -> None:
-        with self.lock:
+    def _on_frames(self, ws: Any, texts: list[str | bytes]) -> None:
+        """Take the messages one read brought: parsed outside the lock (most of the cost,
+        and it needs no state), fed to the protocol under the lock in one go, acks sent,
+        then handed on together (one lock and at most one wake-up per queue)."""
+        parsed: list[Message | ProtocolError] = []
+        for text in texts:
             try:
-                events = self.protocol.receive(text, time.monotonic())
+                parsed.append(parse_message(text))
+            except ProtocolError as exc:
+                parsed.append(exc)
             except Exception as exc:
-                # A frame our parser chokes on is the server's fault or our bug; either way
-                # it must not kill the reader (the heartbeats) or lose what comes next.
-                logger.exception("could not read a frame; skipping it")
-                error = ProtocolError(f"unreadable frame: {exc!r}")
-                error.__cause__ = exc
-                events = [Malformed(error)]
+                parsed.append(_unreadable(exc))
+        receive = self.protocol.receive_parsed
+        events: list[Event] = []
+        with self.lock:
+            now = time.monotonic()
+            for item in parsed:
+                try:
+                    events += receive(item, now)
+                except Exception as exc:
+                    events.append(Malformed(_unreadable(exc)))
             frames = self.protocol.data_to_send()
         if frames:
             # Section 5: heartbeats are answered here, before any user code sees anything.
             for frame in frames:
                 ws.send(frame)
+        deliver: list[Message] = []
         for event in events:
             if type(event) is Deliver:
-                self._deliver(event.message)
-            else:
-                self._on_event(event)
+                deliver.append(event.message)
+                continue
+            if deliver:
+                self._deliver(deliver)
+                deliver = []
+            self._on_event(event)
+        if deliver:
+            self._deliver(deliver)
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, HeartbeatAnswered):
@@ -515,37 +519,61 @@ class _Session:
         elif isinstance(event, Connected):
             pass
 
-    def _deliver(self, message: Message) -> None:
-        self.stats.messages += 1
-        if isinstance(message, Gap):
-            logger.warning(
-                "gap in strategy %s signals after seq_id %s: %s (fetch them from the REST API)",
-                message.strategy_id,
-                message.from_seq,
-                message.message,
-            )
-        callbacks = self._callbacks.get(message.msg_type, ()) + self._callbacks.get("*", ())
-        if callbacks:
-            self._post(tuple(h.callback for h in callbacks), message)
+    def _deliver(self, messages: list[Message]) -> None:
+        """Hand on the messages one read brought: those with callbacks to the dispatcher in
+        one batch, the rest to the recv() queue under one lock with at most one wake-up."""
+        self.stats.messages += len(messages)
+        by_type = self._callbacks
+        anything = by_type.get("*", ()) if by_type else ()
+        posts = []
+        queued: list[Message] = []
+        for message in messages:
+            if isinstance(message, Gap):
+                logger.warning(
+                    "gap in strategy %s signals after seq_id %s: %s (fetch them from the "
+                    "REST API)",
+                    message.strategy_id,
+                    message.from_seq,
+                    message.message,
+                )
+            handles = by_type.get(message.msg_type, ()) + anything if by_type else ()
+            if handles:
+                posts.append((tuple(h.callback for h in handles), message))
+            else:
+                queued.append(message)
+        if posts:
+            self._post_many(posts)
+        if not queued:
             return
-        exempt = None
-        if self._replay_until and isinstance(message, Signal) and self._replayed(message):
-            exempt = (message.strategy_id, message.seq_id)
+        exempt = [self._replay_key(m) for m in queued] if self._replay_until else None
         with self._queue_cond:
             queue = self._queue
-            queue.append(message)
+            queue.extend(queued)
             if exempt is not None:
-                self._exempt.add(exempt)
-            elif len(queue) > self.max_queue + len(self._exempt):
+                self._exempt.update(key for key in exempt if key is not None)
+            # Drop the oldest beyond the bound; the newest max_queue are kept (API.md
+            # "Back-pressure"), plus a replay asked for after an overflow.
+            dropped = 0
+            while len(queue) > self.max_queue + len(self._exempt):
                 self._forget_exempt(queue.popleft())
-                self._overflow += 1
-                self.stats.dropped += 1
-                if self._overflow == 1:
+                dropped += 1
+            if dropped:
+                if not self._overflow:
                     logger.warning(
                         "recv() queue full (%d): dropping the oldest messages", self.max_queue
                     )
+                self._overflow += dropped
+                self.stats.dropped += dropped
             if self._queue_waiting:
                 self._queue_cond.notify()
+
+    def _replay_key(self, message: Message) -> tuple[int, int] | None:
+        """The key of a signal that is part of a replay the user asked for after an
+        overflow (it does not count against ``max_queue``), else None."""
+        if isinstance(message, Signal) and self._replayed(message):
+            assert message.strategy_id is not None
+            return (message.strategy_id, message.seq_id)
+        return None
 
     def _replayed(self, signal: Signal) -> bool:
         """Whether a signal is part of a replay the user asked for after an overflow; such
@@ -651,6 +679,10 @@ class _Session:
     # The dispatcher --------------------------------------------------------------------
 
     def _post(self, callbacks: tuple[Callable[[Any], Any], ...], item: Any) -> None:
+        self._post_many([(callbacks, item)])
+
+    def _post_many(self, items: list[tuple[tuple[Callable[[Any], Any], ...], Any]]) -> None:
+        """Queue callback calls for the dispatcher: one lock, at most one wake-up."""
         with self._dispatch_cond:
             if self._dispatcher is None:
                 if self._closed.is_set():
@@ -659,7 +691,7 @@ class _Session:
                     target=self._dispatch_loop, name="c2sync-dispatcher", daemon=True
                 )
                 self._dispatcher.start()
-            self._dispatch.append((callbacks, item))
+            self._dispatch.extend(items)
             if self._dispatch_idle:
                 self._dispatch_cond.notify()
 
@@ -961,6 +993,15 @@ class _Session:
     def on_state(self, callback: Callable[[State], Any]) -> None:
         with self.lock:
             self._state_callbacks = (*self._state_callbacks, callback)
+
+
+def _unreadable(exc: Exception) -> ProtocolError:
+    """A frame our parser or protocol chokes on is the server's fault or our bug; either way
+    it must not kill the reader (the heartbeats) or lose what comes next."""
+    logger.error("could not read a frame; skipping it", exc_info=exc)
+    error = ProtocolError(f"unreadable frame: {exc!r}")
+    error.__cause__ = exc
+    return error
 
 
 def _release(ws: Any) -> None:
