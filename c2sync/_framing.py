@@ -30,7 +30,7 @@ from typing import Any, Final
 
 import websocket
 
-__all__ = ["DEFAULT_MAX_SIZE", "CloseFrame", "FrameReader"]
+__all__ = ["DEFAULT_MAX_SIZE", "CloseFrame", "FrameReader", "parse_close"]
 
 DEFAULT_MAX_SIZE: Final = 64 * 1024 * 1024  # bytes in one message, fragments included
 _READ_SIZE: Final = 256 * 1024  # bytes asked of one recv_into
@@ -287,7 +287,7 @@ class FrameReader:
                             self._error = exc
                             break
                     elif opcode == _OP_CLOSE:
-                        self.close_frame = _close_frame(payload)
+                        self.close_frame = parse_close(payload)
                         self._done = True
                         break
                     elif opcode != _OP_PONG:
@@ -338,7 +338,8 @@ class FrameReader:
         out.append(payload)
 
 
-def _close_frame(payload: bytes) -> CloseFrame:
+def parse_close(payload: bytes) -> CloseFrame:
+    """Read a close frame's body: a 2-byte code and a UTF-8 reason (RFC 6455 5.5.1)."""
     if len(payload) < 2:
         return CloseFrame(None, "")
     return CloseFrame(int.from_bytes(payload[:2], "big"), payload[2:].decode("utf-8", "replace"))

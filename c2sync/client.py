@@ -35,7 +35,7 @@ from urllib.parse import unquote, urlsplit
 import attrs
 import websocket
 
-from ._framing import FrameReader
+from ._framing import FrameReader, parse_close
 from ._protocol import (
     ClientProtocol,
     Connected,
@@ -137,12 +137,6 @@ class _Waiter:
         self.event = threading.Event()
         self.answer: SubscriptionAck | None = None
         self.error: BaseException | None = None
-
-
-def _close_frame(data: bytes) -> tuple[int | None, str]:
-    if len(data) < 2:
-        return None, ""
-    return int.from_bytes(data[:2], "big"), data[2:].decode("utf-8", "replace")
 
 
 class _Session:
@@ -306,8 +300,8 @@ class _Session:
             frame = ws.recv_frame()
             opcode = frame.opcode
             if opcode == websocket.ABNF.OPCODE_CLOSE:
-                code, reason = _close_frame(frame.data)
-                raise ConnectionClosed(code, reason)
+                close = parse_close(frame.data)
+                raise ConnectionClosed(close.code, close.reason)
             if opcode in (websocket.ABNF.OPCODE_PING, websocket.ABNF.OPCODE_PONG):
                 if opcode == websocket.ABNF.OPCODE_PING:
                     ws.pong(frame.data)
