@@ -109,6 +109,12 @@ class FileCheckpoint:
         text = json.dumps({str(k): v for k, v in sorted(self._points.items())})
         fd, tmp = tempfile.mkstemp(prefix=".c2sync-", suffix=".tmp", dir=directory)
         try:
+            # mkstemp makes the file 0600: keep the checkpoint's own mode (0644 when new).
+            try:
+                mode = os.stat(self.path).st_mode & 0o777
+            except OSError:
+                mode = 0o644
+            os.chmod(tmp, mode)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
                 f.flush()

@@ -313,17 +313,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(verbose: int) -> None:
+@contextmanager
+def _logging_for(verbose: int) -> Iterator[None]:
     """Show the library's log on stderr only when asked: the commands print their own
-    status lines, and a failure is reported once, as one line."""
-    if not verbose:
-        logging.getLogger("c2sync").setLevel(logging.CRITICAL + 1)
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    status lines, and a failure is reported once, as one line. Restored afterwards, so
+    calling main() in-process leaves the caller's logging as it was."""
     root = logging.getLogger("c2sync")
-    root.addHandler(handler)
-    root.setLevel(logging.INFO if verbose == 1 else logging.DEBUG)
+    level = root.level
+    handler: logging.Handler | None = None
+    if not verbose:
+        root.setLevel(logging.CRITICAL + 1)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
+        )
+        root.addHandler(handler)
+        root.setLevel(logging.INFO if verbose == 1 else logging.DEBUG)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        if handler is not None:
+            root.removeHandler(handler)
 
 
 def _api_key(args: argparse.Namespace) -> str:
@@ -443,6 +455,20 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """Ignore SIGINT and SIGTERM for a moment (close() is bounded, about a second)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _listen(args: argparse.Namespace) -> int:
     if not args.signal and not args.positions:
         raise _Failure(EXIT_AUTH, "listen needs at least one --signal ID or --positions ID")
@@ -483,10 +509,9 @@ def _listen_loop(args: argparse.Namespace, client: Client) -> int:
                 # was dropped rather than skip it (API.md "Back-pressure").
                 _err(f"{overflow.dropped} message(s) dropped: output too slow; replaying")
                 for strategy in args.signal:
-                    seq_id = overflow.last_seq.get(strategy, args.resume_from)
-                    if seq_id is None:
-                        _err(f"cannot replay {SIGNAL} {strategy}: no seq_id received yet")
-                    else:
+                    # No entry: no signal of this strategy has arrived, so none was dropped.
+                    seq_id = overflow.last_seq.get(strategy)
+                    if seq_id:
                         client.subscribe(SIGNAL, strategy, resume_from=seq_id)
                 continue
             if args.json:
@@ -505,10 +530,11 @@ def _listen_loop(args: argparse.Namespace, client: Client) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
     finally:
-        if clean:
-            client.close()
-        else:
-            client.close(1011, "client error")
+        with _signals_ignored():  # a second Ctrl-C must not cut the close short
+            if clean:
+                client.close()
+            else:
+                client.close(1011, "client error")
 
 
 # emulator ---------------------------------------------------------------------------------
@@ -758,13 +784,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Every option after `emulator` is the emulator's own (one parser, one help).
             return _emulator(args_list[1:])
         args = _parser().parse_args(args_list)
-        _setup_logging(getattr(args, "verbose", 0))
         command: Callable[[argparse.Namespace], int] = {
             "check": _check,
             "listen": _listen,
             "demo": _demo,
         }[args.command]
-        return command(args)
+        with _logging_for(getattr(args, "verbose", 0)):
+            return command(args)
     except _Failure as failure:
         _err(failure.text)
         return failure.status

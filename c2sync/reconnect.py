@@ -6,7 +6,9 @@ The policy is a value passed to the client (``reconnect_policy=``), never module
 from __future__ import annotations
 
 import random
+import ssl
 from collections.abc import Callable, Iterator
+from datetime import timezone
 from email.utils import parsedate_to_datetime
 
 import attrs
@@ -69,8 +71,8 @@ class ReconnectPolicy:
         A 401 is final (PROTOCOL.md section 2); so is any other 4xx refusal but 408/429,
         since asking again will not change the answer.
         """
-        if isinstance(error, AuthenticationError):
-            return False
+        if isinstance(error, (AuthenticationError, ssl.SSLCertVerificationError)):
+            return False  # asking again will not change the key's or the certificate's fate
         if isinstance(error, HandshakeError):
             return error.status >= 500 or error.status in (408, 429)
         return isinstance(error, (ConnectionClosed, OSError, TimeoutError, ProtocolError))
@@ -113,6 +115,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
             when = parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError):
             return None
+        if when.tzinfo is None:  # "-0000": UTC with no source zone (RFC 5322 3.3)
+            when = when.replace(tzinfo=timezone.utc)
         if now is None:
             import time
 

@@ -249,3 +249,14 @@ def test_load_rejects_values_that_are_not_seq_ids(tmp_path: Path, value: str) ->
     path.write_text(f'{{"12345678": {value}}}')
     with pytest.raises(ValueError, match="12345678"):
         FileCheckpoint(path).load()
+
+
+def test_replacing_the_file_keeps_its_mode(tmp_path: Path) -> None:
+    """The atomic replace keeps the checkpoint's permissions (mkstemp's 0600 is not kept)."""
+    path = tmp_path / "state.json"
+    store = FileCheckpoint(path, interval=0)
+    store.save(1, 1)
+    assert os.stat(path).st_mode & 0o777 == 0o644
+    os.chmod(path, 0o640)
+    store.save(1, 2)
+    assert os.stat(path).st_mode & 0o777 == 0o640

@@ -4,6 +4,7 @@ and how long 1008/429/503 make the client wait (API.md "Reconnecting")."""
 from __future__ import annotations
 
 import itertools
+import ssl
 from email.utils import formatdate
 
 import pytest
@@ -258,3 +259,14 @@ def test_parse_retry_after_never_raises(value: str) -> None:
     """Any header text gives None or a non-negative number, never an exception."""
     result = parse_retry_after(value, now=NOW)
     assert result is None or result >= 0.0
+
+
+def test_certificate_failures_are_not_retried() -> None:
+    """A certificate that fails verification ends the client instead of a retry loop."""
+    assert not ReconnectPolicy().is_retryable(ssl.SSLCertVerificationError("bad cert"))
+    assert ReconnectPolicy().is_retryable(ConnectionResetError())
+
+
+def test_parse_retry_after_minus_zero_date_is_utc() -> None:
+    """A Retry-After date in the '-0000' form counts as UTC, whatever the local zone."""
+    assert parse_retry_after("Thu, 01 Jan 1970 00:01:40 -0000", now=40.0) == 60.0

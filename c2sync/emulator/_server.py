@@ -136,7 +136,7 @@ class _Session:
     index: int
     ws: ServerConnection
     path: str
-    headers: dict[str, str]
+    headers: dict[str, str] = attrs.field(repr=False)  # holds the Authorization header
     opened_at: float
     queue: asyncio.Queue[str | bytes | _Close] = attrs.field(factory=asyncio.Queue)
     running: asyncio.Event = attrs.field(factory=asyncio.Event)  # clear while stalled
