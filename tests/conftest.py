@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psutil
 import pytest
 
 import c2sync
@@ -16,20 +17,44 @@ STRATEGY = 12345678
 OTHER_STRATEGY = 87654321
 FORBIDDEN_STRATEGY = 55555555
 # Heartbeats scaled down from 30 s + 10 s so liveness tests take a second, not a minute.
+# The grace stays generous: the emulator closes a client whose ack is more than
+# INTERVAL + GRACE late, and on a loaded CI machine a short CPU stall of the client's
+# reader or of the emulator's loop must not turn into a reconnect nobody asked for (tests
+# count reconnects exactly). A test that wants the emulator to close a silent client
+# soon builds its own with make_emulator(heartbeat_grace=...).
 HEARTBEAT_INTERVAL = 0.2
-HEARTBEAT_GRACE = 0.4
+HEARTBEAT_GRACE = 2.0
 WAIT = 10.0  # the bound on any wait in a test; never reached when the code is right
+
+MakeEmulator = Callable[..., Emulator]
 
 
 @pytest.fixture
-def emulator() -> Iterator[Emulator]:
-    with Emulator(
-        api_keys={API_KEY},
-        strategies={STRATEGY, OTHER_STRATEGY},
-        heartbeat_interval=HEARTBEAT_INTERVAL,
-        heartbeat_grace=HEARTBEAT_GRACE,
-    ) as emu:
-        yield emu
+def make_emulator() -> Iterator[MakeEmulator]:
+    """Start emulators with the test key, both strategies and the scaled heartbeats;
+    keyword arguments override any of them. Every one is closed when the test ends."""
+    emulators: list[Emulator] = []
+
+    def make(**overrides: Any) -> Emulator:
+        options: dict[str, Any] = {
+            "api_keys": {API_KEY},
+            "strategies": {STRATEGY, OTHER_STRATEGY},
+            "heartbeat_interval": HEARTBEAT_INTERVAL,
+            "heartbeat_grace": HEARTBEAT_GRACE,
+        }
+        options.update(overrides)
+        emulator = Emulator(**options)
+        emulators.append(emulator)
+        return emulator.start()
+
+    yield make
+    for emulator in emulators:
+        emulator.close()
+
+
+@pytest.fixture
+def emulator(make_emulator: MakeEmulator) -> Emulator:
+    return make_emulator()
 
 
 @pytest.fixture
@@ -58,3 +83,14 @@ def client(make_client: Callable[..., c2sync.Client]) -> c2sync.Client:
 def c2sync_threads() -> list[threading.Thread]:
     """The threads c2sync clients start that are still alive."""
     return [t for t in threading.enumerate() if t.name.startswith("c2sync-")]
+
+
+def client_sockets(emulator: Emulator) -> list[object]:
+    """This process's TCP sockets connected to the emulator's port (the client side);
+    TIME_WAIT is the kernel's, not ours."""
+    port = int(emulator.url.rsplit(":", 1)[1].split("/")[0])
+    return [
+        c
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == port and c.status != psutil.CONN_TIME_WAIT
+    ]

@@ -14,7 +14,7 @@ import pytest
 import c2sync
 from c2sync.emulator import Emulator
 
-from .conftest import API_KEY, STRATEGY, WAIT, c2sync_threads
+from .conftest import API_KEY, STRATEGY, WAIT, c2sync_threads, client_sockets
 
 SIGNALS = 20_000
 FAULTS = 10
@@ -35,16 +35,6 @@ FAULT_KINDS: dict[str, Callable[[Emulator], object]] = {
     "close-1008": lambda emulator: emulator.close_connections(1008),
     "stall": lambda emulator: emulator.stall(),
 }
-
-
-def client_sockets(emulator: Emulator) -> list[object]:
-    """This process's TCP sockets to the emulator's port (TIME_WAIT is the kernel's, not ours)."""
-    port = int(emulator.url.rsplit(":", 1)[1].split("/")[0])
-    return [
-        c
-        for c in psutil.Process().net_connections(kind="tcp")
-        if c.raddr and c.raddr.port == port and c.status != psutil.CONN_TIME_WAIT
-    ]
 
 
 class _Progress:
