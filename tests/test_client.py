@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
-import psutil
 import pytest
 import trustme
 
@@ -27,25 +26,16 @@ from c2sync.emulator import Emulator
 from .conftest import (
     API_KEY,
     FORBIDDEN_STRATEGY,
-    HEARTBEAT_GRACE,
     HEARTBEAT_INTERVAL,
     OTHER_STRATEGY,
     STRATEGY,
     WAIT,
+    MakeEmulator,
     c2sync_threads,
+    client_sockets,
 )
 
 MakeClient = Callable[..., c2sync.Client]
-
-
-def client_sockets(emulator: Emulator) -> list[object]:
-    """This process's TCP sockets connected to the emulator's port (the client side)."""
-    port = int(emulator.url.rsplit(":", 1)[1].split("/")[0])
-    return [
-        c
-        for c in psutil.Process().net_connections(kind="tcp")
-        if c.raddr and c.raddr.port == port and c.status != psutil.CONN_TIME_WAIT
-    ]
 
 
 # Handshake ---------------------------------------------------------------------------------
@@ -649,12 +639,12 @@ def test_close_from_inside_a_callback(client: c2sync.Client, emulator: Emulator)
 def test_close_is_bounded_when_the_server_stopped_answering(
     client: c2sync.Client, emulator: Emulator
 ) -> None:
-    """With a stalled server close() still returns within about a second, threads gone."""
+    """With a stalled server close() still returns in bounded time (seconds), threads gone."""
     threads = client._session.threads()
     emulator.stall()
     started = time.monotonic()
     client.close()
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 3.0  # an unbounded close would hang for good
     assert not any(t.is_alive() for t in threads)
     assert client_sockets(emulator) == []
 
@@ -779,18 +769,11 @@ def test_connect_inside_a_running_event_loop(emulator: Emulator) -> None:
 
 
 @pytest.fixture
-def tls_emulator() -> object:
+def tls_emulator(make_emulator: MakeEmulator) -> tuple[Emulator, trustme.CA]:
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_ctx)
-    with Emulator(
-        api_keys={API_KEY},
-        strategies={STRATEGY},
-        heartbeat_interval=HEARTBEAT_INTERVAL,
-        heartbeat_grace=HEARTBEAT_GRACE,
-        ssl_context=server_ctx,
-    ) as emu:
-        yield emu, ca
+    return make_emulator(ssl_context=server_ctx), ca
 
 
 def test_wss_with_a_custom_ca(tls_emulator: tuple[Emulator, trustme.CA]) -> None:
@@ -841,6 +824,8 @@ def test_api_key_never_appears_in_logs_reprs_or_errors(
             texts += [str(info.value), repr(info.value), repr(info.value.__cause__)]
     texts += [r.getMessage() for r in caplog.records]
     texts += [str(r.exc_info[1]) for r in caplog.records if r.exc_info]
+    # Formatted as a handler would: tracebacks and chained causes included.
+    texts += [logging.Formatter().format(r) for r in caplog.records]
     assert texts
     assert not [t for t in texts if API_KEY in t]
 
@@ -884,12 +869,18 @@ def test_request_in_flight_during_a_drop_is_sent_again_after_reconnecting(
     )
     worker.start()
     session = client._session
-    with session._queue_cond:  # wait (bounded) until the request is registered and sent
-        for _ in range(500):
-            if session._waiters:
-                break
+    # The stalled emulator records nothing, so the client side shows the send: a request is
+    # registered in _waiters and written with ws.send() while _request_lock is held, so the
+    # lock being free again after registration means ws.send() has returned. Nothing
+    # announces the registration itself: re-check it, bounded.
+    deadline = time.monotonic() + WAIT
+    with session._queue_cond:
+        while not session._waiters and time.monotonic() < deadline:
             session._queue_cond.wait(0.01)
-    assert session._waiters
+    assert session._waiters, "the request was never registered"
+    assert session._request_lock.acquire(timeout=WAIT), "the request was never sent"
+    session._request_lock.release()
+    assert session._waiters, "the request is no longer in flight"
     emulator.drop()
     worker.join(WAIT)
     assert len(result) == 1 and isinstance(result[0], c2sync.SubscriptionAck)
