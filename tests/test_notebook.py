@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,12 +100,61 @@ def kernel(emulator: Emulator, tmp_path: Path) -> Iterator[Kernel]:
         yield Kernel(client, notebook)
 
 
-def publish_later(emulator: Emulator, count: int, delay: float) -> threading.Thread:
+# Run in the kernel before the busy cell. That cell is "before = len(received)", then
+# "time.sleep(3)  # your own work here", then a print of how many signals came meanwhile.
+# Instead of the time module it finds this stand-in, whose sleep() tells the test (over a
+# TCP connection) that the cell has started, then lasts until the signals the test then
+# publishes have reached the callback: no guess of how long the cell or the delivery take,
+# and still nothing but the client's own thread can deliver them while the cell runs.
+_BUSY_GATE = """
+import socket as _socket
+import threading as _threading
+import time as _time
+
+
+class _Received(list):
+    # The notebook's list, also telling a waiter about each signal the callback appends.
+    def __init__(self, items):
+        super().__init__(items)
+        self.changed = _threading.Condition()
+
+    def append(self, item):
+        with self.changed:
+            super().append(item)
+            self.changed.notify_all()
+
+
+class _BusyUntilSignals:
+    def __getattr__(self, name):
+        return getattr(_time, name)
+
+    def sleep(self, seconds):
+        start = len(received)
+        with _socket.create_connection(("127.0.0.1", {port}), timeout={wait}):
+            pass  # the test publishes once this connection is accepted
+        with received.changed:
+            received.changed.wait_for(lambda: len(received) >= start + {count}, {wait})
+
+
+received = _Received(received)
+time = _BusyUntilSignals()
+"""
+
+
+def publish_when_started(
+    emulator: Emulator, gate: socket.socket, count: int, errors: list[BaseException]
+) -> threading.Thread:
+    """Publish ``count`` signals once the busy cell connects to ``gate`` (bounded)."""
+
     def publish() -> None:
-        time.sleep(delay)  # lets the cell under test start: it counts from its first line
-        for _ in range(count):
-            emulator.publish_signal(STRATEGY)
-            time.sleep(0.2)
+        try:
+            gate.settimeout(WAIT)
+            connection, _ = gate.accept()
+            connection.close()
+            for _ in range(count):
+                emulator.publish_signal(STRATEGY)
+        except BaseException as exc:
+            errors.append(exc)
 
     thread = threading.Thread(target=publish, daemon=True)
     thread.start()
@@ -126,11 +175,17 @@ def test_notebook_runs_in_a_real_kernel(emulator: Emulator, kernel: Kernel) -> N
     assert f"strategy.signal:{STRATEGY}" in status
     assert API_KEY not in status
 
-    # The busy cell sleeps 3 s; the signals are published 1 s into it.
-    publisher = publish_later(emulator, 3, delay=1.0)
-    busy = kernel.run("busy")
-    publisher.join(WAIT)
+    # The signals are published once the busy cell has started (see _BUSY_GATE).
+    with socket.create_server(("127.0.0.1", 0)) as gate:
+        port = gate.getsockname()[1]
+        assert kernel.run_code(_BUSY_GATE.format(port=port, wait=WAIT, count=3)) == ""
+        errors: list[BaseException] = []
+        publisher = publish_when_started(emulator, gate, 3, errors)
+        busy = kernel.run("busy")
+        publisher.join(WAIT)
+    assert not errors, errors
     assert busy.strip() == "3 signal(s) arrived while this cell ran; 3 in all"
+    kernel.run_code("time = _time")  # the real module again, for any later cell
     shown = kernel.run("show").split()
     assert [word for word in shown if word.startswith("seq_id=")] == [
         "seq_id=1",
