@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -45,7 +44,8 @@ TOTAL = 300
 
 
 class Consumer:
-    """The consumer script in a subprocess; its stdout lines arrive on a queue."""
+    """The consumer script in a subprocess; its stdout lines arrive on a queue, and its
+    stderr is drained as it comes, so a chatty child never blocks on a full pipe."""
 
     def __init__(self, emulator: Emulator, checkpoint: Path) -> None:
         self.proc = subprocess.Popen(
@@ -64,14 +64,22 @@ class Consumer:
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[int] = []
+        self._errors: list[str] = []
         self._pump = threading.Thread(target=self._read, daemon=True)
         self._pump.start()
+        self._error_pump = threading.Thread(target=self._read_stderr, daemon=True)
+        self._error_pump.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.lines.put(line.strip())
         self.lines.put(None)
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._errors.append(line)
 
     def wait_ready(self) -> None:
         assert self.lines.get(timeout=WAIT) == "ready", self._stderr()
@@ -91,15 +99,18 @@ class Consumer:
         self._pump.join(WAIT)
 
     def _stderr(self) -> str:
-        if self.proc.poll() is None:
-            return "(still running)"
-        assert self.proc.stderr is not None
-        return self.proc.stderr.read()
+        if self.proc.poll() is not None:
+            self._error_pump.join(WAIT)  # it ends at the pipe's EOF
+        text = "".join(self._errors)
+        return text if text else "(nothing on stderr so far)"
 
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(WAIT)
+        # The pumps end at EOF once the child is gone; close the pipes only after them.
+        self._pump.join(WAIT)
+        self._error_pump.join(WAIT)
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
@@ -222,16 +233,33 @@ def test_a_callback_finishing_during_close_is_counted(emulator: Emulator, tmp_pa
     """A callback that returns while close() waits for the dispatcher counts as processed."""
     checkpoint = tmp_path / "state.json"
     started = threading.Event()
+    release = threading.Event()
 
     def on_signal(message: c2sync.Message) -> None:
         if message.seq_id == 8:
             started.set()
-            time.sleep(0.15)  # the user's slow handler, still running when close() begins
+            release.wait(WAIT)  # the user's slow handler, still running when close() begins
 
-    with c2sync.connect(API_KEY, url=emulator.url, checkpoint=checkpoint) as client:
+    client = c2sync.connect(API_KEY, url=emulator.url, checkpoint=checkpoint)
+    try:
         client.on(c2sync.SIGNAL, on_signal)
         client.subscribe(c2sync.SIGNAL, STRATEGY)
         for _ in range(8):
             emulator.publish_signal(STRATEGY)
         assert started.wait(WAIT)
+        closer = threading.Thread(target=client.close)
+        closer.start()
+        # Let the callback return only once close() has begun. on_state(CLOSED) cannot tell:
+        # it runs on the dispatcher, busy in this very callback. close() sets _closing and
+        # then notifies _queue_cond, so waiting on that condition is bounded and event-based.
+        session = client._session
+        with session._queue_cond:
+            closing = session._queue_cond.wait_for(lambda: session._closing, WAIT)
+        release.set()
+        closer.join(WAIT)
+        assert closing, "close() never began"
+        assert not closer.is_alive(), "close() did not return"
+    finally:
+        release.set()
+        client.close()
     assert _stored(checkpoint) == 8
