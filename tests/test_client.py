@@ -186,7 +186,11 @@ def test_heartbeats_acked_when_nobody_calls_recv(client: c2sync.Client, emulator
     _acks_on_time(emulator, at_least=int(2.0 / HEARTBEAT_INTERVAL))
     assert emulator.open_connections == 1
     assert client.stats.heartbeats >= 10
-    assert client.stats.acks_sent == client.stats.heartbeats
+    # The reader counts a heartbeat, then its ack: read in the other order, the two can
+    # differ by the one heartbeat being handled between the reads, never more.
+    acks = client.stats.acks_sent
+    beats = client.stats.heartbeats
+    assert beats - acks in (0, 1)
     assert client.stats.last_heartbeat is not None
 
 
