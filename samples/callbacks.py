@@ -1,6 +1,8 @@
 """Handle messages with callbacks while run_forever() keeps the program alive.
 
-Callbacks run on the client's dispatcher thread, one at a time, in arrival order.
+Callbacks run on the client's dispatcher thread, one at a time, in arrival order. The
+main thread prints too, so printing goes through one lock: two threads calling print()
+at once can interleave their text and newlines on one line.
 
     python samples/callbacks.py 12345678                 # until Ctrl-C
     python samples/callbacks.py 12345678 --count 10      # stop after 10 signals
@@ -22,27 +24,33 @@ args = parser.parse_args()
 url = os.environ.get("C2_WS_URL", c2sync.DEFAULT_URL)
 client = c2sync.Client(url=url)  # the key comes from C2_API_KEY; not connected yet
 signals = 0
+print_lock = threading.Lock()
+
+
+def say(text: str) -> None:
+    with print_lock:  # whole lines, whichever thread prints
+        print(text, flush=True)
 
 
 def on_signal(signal: c2sync.Signal) -> None:
     global signals
     signals += 1
     symbol = signal.payload.get("C2Symbol", {}).get("FullSymbol")
-    print(f"signal seq_id={signal.seq_id} {symbol}", flush=True)
+    say(f"signal seq_id={signal.seq_id} {symbol}")
     if args.count is not None and signals >= args.count:
         client.close()  # safe from inside a callback; run_forever() then returns
 
 
 def on_positions(update: c2sync.Positions) -> None:
-    print(f"positions of {update.strategy_id}: {len(update.payload.get('Positions', []))}")
+    say(f"positions of {update.strategy_id}: {len(update.payload.get('Positions', []))}")
 
 
 def on_gap(gap: c2sync.Gap) -> None:
-    print(f"GAP after seq_id {gap.from_seq}: {gap.message} (fetch the rest from the REST API)")
+    say(f"GAP after seq_id {gap.from_seq}: {gap.message} (fetch the rest from the REST API)")
 
 
 def on_state(state: c2sync.State) -> None:
-    print(f"state: {state.name}", flush=True)
+    say(f"state: {state.name}")
 
 
 # Register the callbacks first, so nothing arrives before they are in place.
@@ -53,7 +61,7 @@ client.on_state(on_state)  # CONNECTING, OPEN, RECONNECTING, CLOSED
 client.connect()
 client.subscribe(c2sync.SIGNAL, args.strategy_id)
 client.subscribe(c2sync.POSITIONS, args.strategy_id)
-print(f"subscribed to strategy {args.strategy_id}", flush=True)
+say(f"subscribed to strategy {args.strategy_id}")
 
 if args.seconds is not None:
     timer = threading.Timer(args.seconds, client.close)
@@ -65,4 +73,4 @@ except KeyboardInterrupt:
     pass
 finally:
     client.close()
-print(f"done: {signals} signal(s); {client!r}")
+say(f"done: {signals} signal(s); {client!r}")
