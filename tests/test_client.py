@@ -185,7 +185,10 @@ def test_heartbeats_acked_when_nobody_calls_recv(client: c2sync.Client, emulator
     """Heartbeats are answered by the client's own thread while the user does nothing."""
     _acks_on_time(emulator, at_least=int(2.0 / HEARTBEAT_INTERVAL))
     assert emulator.open_connections == 1
-    assert client.stats.heartbeats >= 10
+    # The client counts a heartbeat after sending its ack, so the emulator can see the 10th
+    # ack a moment before the client's count reaches 10: wait for it (the emulator re-checks
+    # at every heartbeat it sends; bounded).
+    emulator.wait_for(lambda: client.stats.heartbeats >= 10, WAIT)
     # The reader counts a heartbeat, then its ack: read in the other order, the two can
     # differ by the one heartbeat being handled between the reads, never more.
     acks = client.stats.acks_sent
