@@ -413,10 +413,12 @@ def test_subscribe_from_inside_a_callback(client: c2sync.Client, emulator: Emula
 
 def test_subscribe_from_many_threads(client: c2sync.Client) -> None:
     """Concurrent subscribe() calls from several threads each get their own ack."""
-    results: dict[int, c2sync.SubscriptionAck] = {}
+    # list.append is atomic; results[len(results)] = ... was not (two threads could read the
+    # same len() and store under one key).
+    results: list[c2sync.SubscriptionAck] = []
 
     def sub(strategy_id: int, channel: str) -> None:
-        results[len(results)] = client.subscribe(channel, strategy_id, timeout=WAIT)
+        results.append(client.subscribe(channel, strategy_id, timeout=WAIT))
 
     threads = [
         threading.Thread(target=sub, args=(sid, ch))
@@ -428,6 +430,9 @@ def test_subscribe_from_many_threads(client: c2sync.Client) -> None:
     for t in threads:
         t.join(WAIT)
     assert len(results) == 4
+    pairs = {(c2sync.SIGNAL, STRATEGY), (c2sync.POSITIONS, STRATEGY)}
+    pairs |= {(c2sync.SIGNAL, OTHER_STRATEGY), (c2sync.POSITIONS, OTHER_STRATEGY)}
+    assert {(ack.channel, ack.strategy_id) for ack in results} == pairs
     assert len(client.subscriptions) == 4
 
 
