@@ -36,8 +36,9 @@ State = c2sync.State
 # can only arrive by the replay. A second is ample for a few publishes on a loaded machine.
 BACKOFF = 1.0
 POLICY_VIOLATION_DELAY = 1.6  # distinguishable from BACKOFF, even with SLACK
-# Loss-to-reconnect intervals are measured from when the loss was seen (by the test thread
-# or the emulator), which can be a little after the client started its backoff.
+# A wait is measured from the reader's own announcement of it (WaitMarks) to the emulator's
+# record of the next connection, so it is never under the real wait: the slack only keeps a
+# clock's rounding from mattering.
 SLACK = 0.1
 OVERLOAD_DELAY = 0.2
 RETRY_AFTER = 1  # seconds, sent on the 429
@@ -110,6 +111,44 @@ class Recorder:
         self.wait(lambda: self.states.count(state) >= count)
         with self.cond:
             return [t for s, t in self.state_times if s is state][count - 1]
+
+
+class WaitMarks(logging.Handler):
+    """When the client's reader thread announced each wait before a reconnect attempt.
+
+    Just before it waits, the reader logs "<loss>; reconnecting" or "reconnect failed:
+    <error>" (client.py). A handler runs inside that logging call, on the reader thread, so
+    the monotonic time noted here comes before the wait starts: unlike a state callback
+    (run later, on the dispatcher) or the emulator's closed_at (its own loop's latency), it
+    cannot be late. The emulator's ``opened_at`` for the next connection, on the same clock,
+    comes after the wait ends.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.marks: list[tuple[float, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name != "c2sync":
+            return
+        text = record.getMessage()
+        if text.endswith("; reconnecting") or text.startswith("reconnect failed"):
+            self.marks.append((time.monotonic(), text))
+
+    def last_before(self, when: float) -> tuple[float, str]:
+        """The last wait announced before ``when`` (a connection's opened_at)."""
+        earlier = [mark for mark in self.marks if mark[0] < when]
+        assert earlier, f"no wait announced before {when}: {self.marks}"
+        return earlier[-1]
+
+
+@pytest.fixture
+def wait_marks() -> Iterator[WaitMarks]:
+    handler = WaitMarks()
+    logger = logging.getLogger("c2sync")
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
 
 
 OpenClient = Callable[..., tuple[c2sync.Client, Recorder]]
@@ -204,6 +243,7 @@ def test_every_signal_arrives_once_in_order_across_a_fault(
     open_client: OpenClient,
     emulator: Emulator,
     caplog: pytest.LogCaptureFixture,
+    wait_marks: WaitMarks,
     fault: str,
     mode: str,
 ) -> None:
@@ -230,7 +270,7 @@ def test_every_signal_arrives_once_in_order_across_a_fault(
     refused_before = emulator.handshakes_refused
 
     FAULTS[fault](emulator)
-    lost_at = rec.wait_state(State.RECONNECTING)
+    rec.wait_state(State.RECONNECTING)
     if fault == "heartbeats-stopped":
         emulator.resume_heartbeats()  # so the new connection lives
     publish(emulator, 4)  # 9..12, while disconnected
@@ -264,24 +304,26 @@ def test_every_signal_arrives_once_in_order_across_a_fault(
 
     if fault in ("heartbeats-stopped", "stalled"):
         assert any("no heartbeat" in r.getMessage() for r in caplog.records)
-    if first.closed_at is not None:  # the emulator's clock: no test-thread latency
-        lost_at = min(lost_at, first.closed_at)
+    # The wait before the attempt that opened `again`: after the loss, or after the last
+    # failed attempt (the 1008 race, the third refusal).
+    waited_from, why = wait_marks.last_before(again.opened_at)
     if fault == "close-1008":
-        assert again.opened_at - lost_at >= POLICY_VIOLATION_DELAY - SLACK
+        assert again.opened_at - waited_from >= POLICY_VIOLATION_DELAY - SLACK
     elif fault == "accept-then-close-1008":
         race = emulator.connections[1]
         assert race.sent_close_code == 1008 and race.subscription_requests == ()
-        assert race.closed_at is not None
-        assert again.opened_at - race.closed_at >= POLICY_VIOLATION_DELAY - SLACK
+        emulator.wait_for(lambda: emulator.connections[1].closed_at is not None, WAIT)
+        assert why.startswith("reconnect failed") and "1008" in why, why
+        assert again.opened_at - waited_from >= POLICY_VIOLATION_DELAY - SLACK
     else:
-        assert again.opened_at - lost_at >= BACKOFF - SLACK
+        assert again.opened_at - waited_from >= BACKOFF - SLACK
     if fault.startswith("refused"):
         assert emulator.handshakes_refused - refused_before == 3
         # The reader thread logs each refusal as it happens: the 429 and the next attempt's
         # 503 are at least Retry-After apart.
-        refusals = [r for r in caplog.records if r.getMessage().startswith("reconnect failed")]
-        assert ["429" in r.getMessage() for r in refusals] == [True, False, False]
-        assert refusals[1].created - refusals[0].created >= RETRY_AFTER, "Retry-After ignored"
+        refusals = [mark for mark in wait_marks.marks if mark[1].startswith("reconnect failed")]
+        assert ["429" in text for _, text in refusals] == [True, False, False]
+        assert refusals[1][0] - refusals[0][0] >= RETRY_AFTER, "Retry-After ignored"
     if mode == "callback":
         assert runner.is_alive() and outcome == [], outcome
         client.close()
