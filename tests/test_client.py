@@ -256,6 +256,10 @@ def test_silent_server_is_declared_dead(make_client: MakeClient, emulator: Emula
     with pytest.raises(c2sync.HeartbeatTimeout):
         client.recv(timeout=WAIT)
     assert time.monotonic() - started < WAIT
+    # The reader makes the error visible to recv() a moment before it sets the state to
+    # CLOSED; run_forever() returns once the client is closed, which comes after the state.
+    with pytest.raises(c2sync.HeartbeatTimeout):
+        client.run_forever()
     assert client.state is c2sync.State.CLOSED
     emulator.wait_for_connections(0, WAIT)
 

@@ -379,7 +379,6 @@ def test_401_on_reconnect_ends_the_client_without_retrying(
     assert error.status == 401
     if how != "run_forever":
         assert [m.seq_id for m in seen[:-1]] == [1, 2, 3]
-    assert client.state is State.CLOSED
     assert emulator.handshakes_refused == 1
     with pytest.raises(TimeoutError):  # nobody knocks again
         emulator.wait_for(lambda: emulator.handshakes_refused > 1, 1.0)
@@ -388,7 +387,10 @@ def test_401_on_reconnect_ends_the_client_without_retrying(
         assert [client.recv(timeout=0).seq_id for _ in range(3)] == [1, 2, 3]
     with pytest.raises(c2sync.AuthenticationError):
         client.recv(timeout=0)
+    # The reader makes the error visible to recv() a moment before it sets the state to
+    # CLOSED; the CLOSED callback is posted after it, so once it has run the state is set.
     rec.wait(lambda: rec.states[-1:] == [State.CLOSED])
+    assert client.state is State.CLOSED
     assert State.OPEN not in rec.states[rec.states.index(State.RECONNECTING) :]
 
 
@@ -419,11 +421,14 @@ def test_without_reconnect_the_first_loss_ends_the_client(
     assert type(info.value) is expected
     if code is not None:
         assert info.value.code == code
-    assert client.state is State.CLOSED
     with pytest.raises(expected):
         list(client)
     with pytest.raises(expected):
         client.run_forever()
+    # Not right after recv() raised: the reader makes the error visible to recv() a moment
+    # before it sets the state to CLOSED. run_forever() returns once the client is closed,
+    # which the reader marks after setting the state.
+    assert client.state is State.CLOSED
     assert emulator.handshakes_accepted == 1
     emulator.wait_for_connections(0, WAIT)
 
