@@ -151,6 +151,27 @@ def wait_marks() -> Iterator[WaitMarks]:
     logger.removeHandler(handler)
 
 
+class ReconnectGate:
+    """Holds a client's reconnection attempts until the test opens it, so the test can publish
+    while the client is certainly away however long publishing takes (a backoff or a
+    Retry-After is only a window of time). Installed on a connected client: the reader calls
+    ``_connect_socket`` for every reconnection attempt, after its backoff."""
+
+    def __init__(self, client: c2sync.Client) -> None:
+        session = client._session
+        self._connect = session._connect_socket
+        self._opened = threading.Event()
+        session._connect_socket = self._attempt  # type: ignore[method-assign]
+
+    def _attempt(self) -> Any:
+        if not self._opened.wait(WAIT):
+            raise TimeoutError("the test never let the client reconnect")
+        return self._connect()
+
+    def open(self) -> None:
+        self._opened.set()
+
+
 OpenClient = Callable[..., tuple[c2sync.Client, Recorder]]
 
 
@@ -453,12 +474,16 @@ def test_more_missed_than_the_replay_holds_gives_a_gap_then_live_signals(
             client.subscribe(c2sync.SIGNAL, STRATEGY)
             publish(emulator, 3)
             rec.take(lambda: rec.last() == 3)
-            # Keep the client away long enough to publish everything while it is gone.
-            emulator.refuse_next(1, 503, headers={"Retry-After": "2"})
-            emulator.drop()
-            rec.wait_state(State.RECONNECTING)
-            publish(emulator, missed)  # 4 .. 3 + missed
-            published_at = time.monotonic()
+            # Keep the client away until everything is published (1015 publishes can take
+            # seconds on a loaded machine: longer than any backoff window).
+            gate = ReconnectGate(client)
+            try:
+                emulator.drop()
+                rec.wait_state(State.RECONNECTING)
+                publish(emulator, missed)  # 4 .. 3 + missed
+                published_at = time.monotonic()
+            finally:
+                gate.open()
             rec.wait_state(State.OPEN, count=2)
             wait_resubscribed(emulator, 1)
             live = publish(emulator, 5)
