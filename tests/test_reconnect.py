@@ -31,14 +31,12 @@ from .conftest import (
 
 State = c2sync.State
 
-# The first attempt after a loss waits exactly BACKOFF (random() is pinned to 1.0): a window
-# in which the test publishes while the client is certainly disconnected, so those signals
-# can only arrive by the replay. A second is ample for a few publishes on a loaded machine.
+# The first attempt after a loss waits exactly BACKOFF (random() is pinned to 1.0).
 BACKOFF = 1.0
 POLICY_VIOLATION_DELAY = 1.6  # distinguishable from BACKOFF, even with SLACK
-# A wait is measured from the reader's own announcement of it (WaitMarks) to the emulator's
-# record of the next connection, so it is never under the real wait: the slack only keeps a
-# clock's rounding from mattering.
+# A wait is measured on the reader thread itself, from its announcement of the wait
+# (WaitMarks) to the start of the next attempt (ReconnectGate), so it is never under the real
+# wait: the slack only keeps a clock's rounding from mattering.
 SLACK = 0.1
 OVERLOAD_DELAY = 0.2
 RETRY_AFTER = 1  # seconds, sent on the 429
@@ -120,8 +118,7 @@ class WaitMarks(logging.Handler):
     <error>" (client.py). A handler runs inside that logging call, on the reader thread, so
     the monotonic time noted here comes before the wait starts: unlike a state callback
     (run later, on the dispatcher) or the emulator's closed_at (its own loop's latency), it
-    cannot be late. The emulator's ``opened_at`` for the next connection, on the same clock,
-    comes after the wait ends.
+    cannot be late. The start of the next attempt (ReconnectGate) comes after the wait ends.
     """
 
     def __init__(self) -> None:
@@ -136,7 +133,7 @@ class WaitMarks(logging.Handler):
             self.marks.append((time.monotonic(), text))
 
     def last_before(self, when: float) -> tuple[float, str]:
-        """The last wait announced before ``when`` (a connection's opened_at)."""
+        """The last wait announced before ``when`` (the start of an attempt)."""
         earlier = [mark for mark in self.marks if mark[0] < when]
         assert earlier, f"no wait announced before {when}: {self.marks}"
         return earlier[-1]
@@ -154,22 +151,34 @@ def wait_marks() -> Iterator[WaitMarks]:
 class ReconnectGate:
     """Holds a client's reconnection attempts until the test opens it, so the test can publish
     while the client is certainly away however long publishing takes (a backoff or a
-    Retry-After is only a window of time). Installed on a connected client: the reader calls
-    ``_connect_socket`` for every reconnection attempt, after its backoff."""
+    Retry-After is only a window of time), and notes when each attempt started.
+
+    Installed on a connected client: the reader calls ``_connect_socket`` for every
+    reconnection attempt, once its backoff wait is over; the time is noted there, on the
+    reader thread, before the gate holds it.
+    """
 
     def __init__(self, client: c2sync.Client) -> None:
         session = client._session
         self._connect = session._connect_socket
         self._opened = threading.Event()
+        self.attempts: list[float] = []  # monotonic start of each attempt
         session._connect_socket = self._attempt  # type: ignore[method-assign]
 
     def _attempt(self) -> Any:
+        self.attempts.append(time.monotonic())
         if not self._opened.wait(WAIT):
             raise TimeoutError("the test never let the client reconnect")
         return self._connect()
 
     def open(self) -> None:
         self._opened.set()
+
+    def last_attempt_before(self, when: float) -> float:
+        """When the last attempt started before ``when`` (a connection's opened_at)."""
+        earlier = [t for t in self.attempts if t < when]
+        assert earlier, f"no reconnection attempt before {when}: {self.attempts}"
+        return earlier[-1]
 
 
 OpenClient = Callable[..., tuple[c2sync.Client, Recorder]]
@@ -290,12 +299,18 @@ def test_every_signal_arrives_once_in_order_across_a_fault(
         handed_out = 8
     refused_before = emulator.handshakes_refused
 
-    FAULTS[fault](emulator)
-    rec.wait_state(State.RECONNECTING)
-    if fault == "heartbeats-stopped":
-        emulator.resume_heartbeats()  # so the new connection lives
-    publish(emulator, 4)  # 9..12, while disconnected
-    published_at = time.monotonic()
+    # The client reconnects only once 9..12 are published, so they can only come by the
+    # replay, however long publishing takes.
+    gate = ReconnectGate(client)
+    try:
+        FAULTS[fault](emulator)
+        rec.wait_state(State.RECONNECTING)
+        if fault == "heartbeats-stopped":
+            emulator.resume_heartbeats()  # so the new connection lives
+        publish(emulator, 4)  # 9..12, while disconnected
+        published_at = time.monotonic()
+    finally:
+        gate.open()
     rec.wait_state(State.OPEN, count=2)
     again = wait_resubscribed(emulator, 2)
     emulator.publish_positions(STRATEGY)
@@ -325,19 +340,20 @@ def test_every_signal_arrives_once_in_order_across_a_fault(
 
     if fault in ("heartbeats-stopped", "stalled"):
         assert any("no heartbeat" in r.getMessage() for r in caplog.records)
-    # The wait before the attempt that opened `again`: after the loss, or after the last
-    # failed attempt (the 1008 race, the third refusal).
-    waited_from, why = wait_marks.last_before(again.opened_at)
+    # The wait before the attempt that opened `again` (after the loss, or after the last
+    # failed attempt: the 1008 race, the third refusal), both ends on the reader thread.
+    attempt = gate.last_attempt_before(again.opened_at)
+    waited_from, why = wait_marks.last_before(attempt)
     if fault == "close-1008":
-        assert again.opened_at - waited_from >= POLICY_VIOLATION_DELAY - SLACK
+        assert attempt - waited_from >= POLICY_VIOLATION_DELAY - SLACK
     elif fault == "accept-then-close-1008":
         race = emulator.connections[1]
         assert race.sent_close_code == 1008 and race.subscription_requests == ()
         emulator.wait_for(lambda: emulator.connections[1].closed_at is not None, WAIT)
         assert why.startswith("reconnect failed") and "1008" in why, why
-        assert again.opened_at - waited_from >= POLICY_VIOLATION_DELAY - SLACK
+        assert attempt - waited_from >= POLICY_VIOLATION_DELAY - SLACK
     else:
-        assert again.opened_at - waited_from >= BACKOFF - SLACK
+        assert attempt - waited_from >= BACKOFF - SLACK
     if fault.startswith("refused"):
         assert emulator.handshakes_refused - refused_before == 3
         # The reader thread logs each refusal as it happens: the 429 and the next attempt's
