@@ -383,16 +383,20 @@ def test_listen_slow_output_is_replayed_or_reported(emulator: Emulator) -> None:
         wait_subscribed(emulator)
         for _ in range(count):
             emulator.publish_signal(STRATEGY)
-        # A heartbeat sent after the last signal and acknowledged: the client has read them all
-        # (its reader answers in order), while its printing is stuck on the full pipe.
+        # The client has read and queued every signal, while its printing is stuck on the full
+        # pipe. An ack for a heartbeat sent after the last signal says it has read them all
+        # (frames are read in order), but the reader sends the acks of a batch before it
+        # queues the batch's messages. So: a second heartbeat, sent after that first ack came
+        # back (it cannot be in the batch that held the first heartbeat), acknowledged too;
+        # the reader handles one batch at a time, so the first batch was queued by then.
         published_at = time.monotonic()
-        emulator.wait_for(
-            lambda: any(
-                beat.sent_at > published_at and beat.acked_at is not None
-                for beat in emulator.connections[-1].heartbeats
-            ),
-            WAIT,
-        )
+
+        def all_queued() -> bool:
+            beats = emulator.connections[-1].heartbeats
+            acks = [b.acked_at for b in beats if b.sent_at > published_at and b.acked_at]
+            return bool(acks) and any(b.sent_at > acks[0] and b.acked_at for b in beats)
+
+        emulator.wait_for(all_queued, WAIT)
         out = Lines(process.stdout)  # now read: the client's main thread resumes
         messages = []
         while not messages or messages[-1]["msg_type"] != "gap":
