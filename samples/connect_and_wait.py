@@ -27,7 +27,9 @@ except c2sync.AuthenticationError:
 with client:
     print("connected:", repr(client))
     time.sleep(args.seconds)  # your program does its own work here
-    stats = client.stats
-    print(f"heartbeats received: {stats.heartbeats}, answered: {stats.acks_sent}")
-    print(f"last heartbeat: {stats.last_heartbeat}")
+# Read the counters once closed: while open, the client's thread may be counting a heartbeat
+# between the two reads below.
+stats = client.stats
+print(f"heartbeats received: {stats.heartbeats}, answered: {stats.acks_sent}")
+print(f"last heartbeat: {stats.last_heartbeat}")
 print("closed:", repr(client))
