@@ -59,8 +59,10 @@ client.on(c2sync.POSITIONS, on_positions)
 client.on("gap", on_gap)
 client.on_state(on_state)  # CONNECTING, OPEN, RECONNECTING, CLOSED
 client.connect()
-client.subscribe(c2sync.SIGNAL, args.strategy_id)
+# Signals last: with --count, on_signal may close the client as soon as signals flow, and a
+# subscribe() still waiting for its answer would then raise ConnectionClosed.
 client.subscribe(c2sync.POSITIONS, args.strategy_id)
+client.subscribe(c2sync.SIGNAL, args.strategy_id)
 say(f"subscribed to strategy {args.strategy_id}")
 
 if args.seconds is not None:
