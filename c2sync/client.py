@@ -502,7 +502,8 @@ class _Session:
             self.stats.malformed += 1
             logger.warning("skipped a malformed frame: %s", event.error)
         elif isinstance(event, Duplicate):
-            self.stats.duplicates += 1
+            with self.lock:  # also counted by the dispatcher and recv() callers
+                self.stats.duplicates += 1
             logger.debug(
                 "dropped duplicate signal %s of strategy %s",
                 event.message.seq_id,
@@ -705,8 +706,9 @@ class _Session:
             if isinstance(item, Message):
                 with self.lock:
                     fresh = self.protocol.hand_out(item)
+                    if not fresh:
+                        self.stats.duplicates += 1
                 if not fresh:
-                    self.stats.duplicates += 1
                     continue
             ok = True
             for callback in callbacks:
@@ -759,11 +761,12 @@ class _Session:
                             self._queue_waiting -= 1
             with self.lock:
                 fresh = self.protocol.hand_out(message)
+                if not fresh:
+                    self.stats.duplicates += 1
             if fresh:
                 if isinstance(message, Signal):
                     self._in_hand = message
                 return message
-            self.stats.duplicates += 1
 
     def _commit_in_hand(self) -> None:
         message, self._in_hand = self._in_hand, None
@@ -782,6 +785,12 @@ class _Session:
     def wait_closed(self) -> None:
         # Event.wait() without a timeout stays interruptible by Ctrl-C on the main thread.
         self._closed.wait()
+        # Then the callbacks still running (the CLOSED state callback, or the one that
+        # called close()) finish before run_forever() returns, so the caller's next line
+        # never runs beside them; bounded like close()'s joins.
+        dispatcher = self._dispatcher
+        if dispatcher is not None and dispatcher is not threading.current_thread():
+            dispatcher.join(_JOIN_BOUND)
         if self._failure is not None:
             raise self._failure
 
@@ -889,6 +898,9 @@ class _Session:
     def _fail(self, error: BaseException) -> None:
         """The connection has failed for good: blocked and later calls raise ``error``."""
         logger.error("connection failed: %s", error)
+        # CLOSED first: whoever sees the failure (recv() raising it) then sees state CLOSED.
+        # recv() keeps waiting meanwhile: nothing it checks has changed yet.
+        self._set_state(State.CLOSED)
         with self.lock:
             if self._failure is None:
                 self._failure = error

@@ -256,12 +256,36 @@ def test_silent_server_is_declared_dead(make_client: MakeClient, emulator: Emula
     with pytest.raises(c2sync.HeartbeatTimeout):
         client.recv(timeout=WAIT)
     assert time.monotonic() - started < WAIT
-    # The reader makes the error visible to recv() a moment before it sets the state to
-    # CLOSED; run_forever() returns once the client is closed, which comes after the state.
+    assert client.state is c2sync.State.CLOSED  # set before the error is made visible
     with pytest.raises(c2sync.HeartbeatTimeout):
         client.run_forever()
-    assert client.state is c2sync.State.CLOSED
     emulator.wait_for_connections(0, WAIT)
+
+
+def test_state_is_closed_when_recv_raises_the_failure(
+    make_client: MakeClient, emulator: Emulator
+) -> None:
+    """Whoever sees the final error from recv() sees state CLOSED too (no window where the
+    error is raised while the state still says OPEN or RECONNECTING). The caller polls,
+    so it is not only woken by the state change; threads switch as often as they can."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(15):
+            client = make_client(reconnect=False)
+            emulator.drop()
+            deadline = time.monotonic() + WAIT
+            with pytest.raises(c2sync.ConnectionClosed):
+                while time.monotonic() < deadline:
+                    try:
+                        client.recv(timeout=0)
+                    except TimeoutError:
+                        pass
+            assert client.state is c2sync.State.CLOSED
+            client.close()
+            emulator.wait_for_connections(0, WAIT)
+    finally:
+        sys.setswitchinterval(interval)
 
 
 def test_signals_without_heartbeats_still_end_in_heartbeat_timeout(
@@ -658,6 +682,36 @@ def test_close_from_inside_a_callback(client: c2sync.Client, emulator: Emulator)
     assert not runner.is_alive()
     assert client.state is c2sync.State.CLOSED
     emulator.wait_for_connections(0, WAIT)
+
+
+def test_run_forever_returns_after_the_last_callbacks_finished(
+    client: c2sync.Client, emulator: Emulator
+) -> None:
+    """run_forever() returns once the callbacks still running at the close (here the CLOSED
+    state callback, queued behind the callback that closed) are done, so the caller's next
+    line never runs beside a callback."""
+    finished = threading.Event()
+
+    def on_state(state: c2sync.State) -> None:
+        if state is c2sync.State.CLOSED:
+            time.sleep(0.2)  # still busy when the client is already closed
+            finished.set()
+
+    client.on_state(on_state)
+    client.on(c2sync.SIGNAL, lambda m: client.close())
+    client.subscribe(c2sync.SIGNAL, STRATEGY)
+    emulator.publish_signal(STRATEGY)
+    returned_after_callbacks: list[bool] = []
+
+    def run() -> None:
+        client.run_forever()
+        returned_after_callbacks.append(finished.is_set())
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    runner.join(WAIT)
+    assert not runner.is_alive()
+    assert returned_after_callbacks == [True]
 
 
 def test_close_is_bounded_when_the_server_stopped_answering(
