@@ -352,8 +352,20 @@ def _url(args: argparse.Namespace) -> str:
     return url
 
 
+# listen's status lines come from the dispatcher thread (on_state) while the main thread
+# prints messages and errors; print() writes the text and the newline separately, so two
+# threads could merge their lines. Every line goes out whole, through one lock.
+_OUTPUT_LOCK = threading.Lock()
+
+
+def _emit(text: str, stream: TextIO) -> None:
+    with _OUTPUT_LOCK:
+        stream.write(text + "\n")
+        stream.flush()
+
+
 def _err(text: str) -> None:
-    print(f"{_PROG}: {text}", file=sys.stderr, flush=True)
+    _emit(f"{_PROG}: {text}", sys.stderr)
 
 
 # check ------------------------------------------------------------------------------------
@@ -433,7 +445,7 @@ def _status_printer(url: str, stream: TextIO) -> Callable[[State], None]:
             text = "connection lost; reconnecting (signals will resume from the last seq_id)"
         else:
             text = "closed"
-        print(f"{_PROG}: {text}", file=stream, flush=True)
+        _emit(f"{_PROG}: {text}", stream)
 
     return on_state
 
@@ -518,7 +530,7 @@ def _listen_loop(args: argparse.Namespace, client: Client) -> int:
                 line = json.dumps(dict(message.raw), separators=(",", ":"), default=str)
             else:
                 line = format_message(message)
-            print(line, flush=True)
+            _emit(line, sys.stdout)
     except KeyboardInterrupt:
         clean = True
         _err("stopped")
