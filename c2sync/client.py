@@ -1306,6 +1306,9 @@ class Client:
     def run_forever(self) -> None:
         """Block until the client is closed while callbacks run (Ctrl-C propagates).
 
+        Returns once the callbacks still running at the close (the ``CLOSED`` state
+        callback included) have finished, waiting at most about a second for them.
+
         Raises:
             C2Error: the connection failed for good.
         """
