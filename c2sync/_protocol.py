@@ -106,7 +106,12 @@ class ReplayRestarted:
 
 
 Event = (
-    Connected | HeartbeatAnswered | RequestAnswered | Deliver | Duplicate | Malformed
+    Connected
+    | HeartbeatAnswered
+    | RequestAnswered
+    | Deliver
+    | Duplicate
+    | Malformed
     | ReplayRestarted
 )
 

@@ -5,6 +5,7 @@ a loss; a clean close resumes exactly after the last processed one (API.md "Chec
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import subprocess
 import sys
@@ -240,6 +241,18 @@ def test_a_callback_finishing_during_close_is_counted(emulator: Emulator, tmp_pa
             started.set()
             release.wait(WAIT)  # the user's slow handler, still running when close() begins
 
+    closing_logged = threading.Event()
+
+    class ClosingSeen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("closing"):
+                closing_logged.set()
+
+    handler = ClosingSeen(logging.INFO)
+    logger = logging.getLogger("c2sync")
+    logger.addHandler(handler)
+    previous_level = logger.level
+    logger.setLevel(logging.INFO)
     client = c2sync.connect(API_KEY, url=emulator.url, checkpoint=checkpoint)
     try:
         client.on(c2sync.SIGNAL, on_signal)
@@ -250,11 +263,9 @@ def test_a_callback_finishing_during_close_is_counted(emulator: Emulator, tmp_pa
         closer = threading.Thread(target=client.close)
         closer.start()
         # Let the callback return only once close() has begun. on_state(CLOSED) cannot tell:
-        # it runs on the dispatcher, busy in this very callback. close() sets _closing and
-        # then notifies _queue_cond, so waiting on that condition is bounded and event-based.
-        session = client._session
-        with session._queue_cond:
-            closing = session._queue_cond.wait_for(lambda: session._closing, WAIT)
+        # it runs on the dispatcher, busy in this very callback; close() logs "closing" as
+        # it begins, so a log handler tells, bounded and event-based.
+        closing = closing_logged.wait(WAIT)
         release.set()
         closer.join(WAIT)
         assert closing, "close() never began"
@@ -262,4 +273,6 @@ def test_a_callback_finishing_during_close_is_counted(emulator: Emulator, tmp_pa
     finally:
         release.set()
         client.close()
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
     assert _stored(checkpoint) == 8

@@ -21,6 +21,7 @@ import pytest
 import trustme
 
 import c2sync
+from c2sync._link import Link
 from c2sync.emulator import Emulator
 
 from .conftest import (
@@ -394,18 +395,22 @@ def test_bad_subscribe_arguments_fail_before_sending(
 
 
 def test_101st_subscription_raises_subscription_limit_error(
-    client: c2sync.Client, emulator: Emulator
+    make_emulator: MakeEmulator,
 ) -> None:
     """The client refuses a 101st subscription itself (also a ValueError), sending nothing."""
-    client._session.protocol.max_subscriptions = 2  # the same rule as 100, quicker
-    client.subscribe(c2sync.SIGNAL, STRATEGY)
-    client.subscribe(c2sync.POSITIONS, STRATEGY)
-    with pytest.raises(c2sync.SubscriptionLimitError):
-        client.subscribe(c2sync.SIGNAL, OTHER_STRATEGY)
-    with pytest.raises(ValueError):
-        client.subscribe(c2sync.SIGNAL, OTHER_STRATEGY)
-    client.subscribe(c2sync.SIGNAL, STRATEGY)  # one already held is fine
-    assert len(emulator.connections[0].subscription_requests) == 3
+    strategies = set(range(1, 52))
+    emulator = make_emulator(strategies=strategies)
+    with c2sync.connect(API_KEY, url=emulator.url) as client:
+        for strategy in range(1, 51):
+            client.subscribe(c2sync.SIGNAL, strategy)
+            client.subscribe(c2sync.POSITIONS, strategy)
+        assert len(client.subscriptions) == 100
+        with pytest.raises(c2sync.SubscriptionLimitError):
+            client.subscribe(c2sync.SIGNAL, 51)
+        with pytest.raises(ValueError):
+            client.subscribe(c2sync.POSITIONS, 51)
+        client.subscribe(c2sync.SIGNAL, 1)  # one already held is fine
+        assert len(emulator.connections[0].subscription_requests) == 101
 
 
 def test_subscribe_times_out_and_a_late_ack_satisfies_nobody_else(
@@ -638,8 +643,12 @@ def test_close_is_idempotent_and_leaves_nothing_behind(
     client.subscribe(c2sync.SIGNAL, STRATEGY)
     emulator.publish_signal(STRATEGY)
     assert called.wait(WAIT)
-    threads = client._session.threads()
-    assert threads and all(t.is_alive() for t in threads)
+    threads = c2sync_threads()
+    assert {t.name for t in threads} == {
+        "c2sync-reader",
+        "c2sync-watchdog",
+        "c2sync-dispatcher",
+    }
     client.close()
     client.close()
     assert client.state is c2sync.State.CLOSED
@@ -718,7 +727,8 @@ def test_close_is_bounded_when_the_server_stopped_answering(
     client: c2sync.Client, emulator: Emulator
 ) -> None:
     """With a stalled server close() still returns in bounded time (seconds), threads gone."""
-    threads = client._session.threads()
+    threads = c2sync_threads()
+    assert threads
     emulator.stall()
     started = time.monotonic()
     client.close()
@@ -785,17 +795,27 @@ _SIGINT_SCRIPT = textwrap.dedent(
     """
     import sys, threading, c2sync
     client = c2sync.connect(sys.argv[1], url=sys.argv[2])
-    session = client._session
+    main = threading.main_thread()
+
+    def blocked_in_recv():
+        # The main thread's stack: a lock wait in threading.py, called from c2sync.
+        frame = sys._current_frames().get(main.ident)
+        files = []
+        while frame is not None:
+            files.append((frame.f_code.co_filename, frame.f_code.co_name))
+            frame = frame.f_back
+        waiting = any(f.endswith("threading.py") and n == "wait" for f, n in files)
+        return waiting and any("c2sync" in f and n == "recv" for f, n in files)
 
     def announce():
         # Say "ready" only once the main thread waits inside recv(), so the signal
-        # interrupts the blocked call and not the code before it.
-        with session._queue_cond:
-            for _ in range(500):
-                if session._queue_waiting:
-                    print("ready", flush=True)
-                    return
-                session._queue_cond.wait(0.01)
+        # interrupts the blocked call and not the code before it (re-checked, bounded).
+        tick = threading.Event()
+        for _ in range(500):
+            if blocked_in_recv():
+                print("ready", flush=True)
+                return
+            tick.wait(0.01)
         print("never blocked", flush=True)
 
     threading.Thread(target=announce, daemon=True).start()
@@ -937,8 +957,20 @@ def test_request_in_flight_during_a_drop_is_sent_again_after_reconnecting(
     make_client: MakeClient, emulator: Emulator
 ) -> None:
     """A subscribe() whose connection drops before the answer succeeds on the new one."""
+    sent = threading.Event()
+
+    class RecordingLink(Link):
+        """The real link, noting when a subscription request has gone out."""
+
+        def send(self, text: str) -> None:
+            super().send(text)
+            if '"subscription.request"' in text:
+                sent.set()
+
     client = make_client(
-        reconnect_policy=c2sync.ReconnectPolicy(initial=0.05, maximum=0.1), heartbeat_timeout=5
+        reconnect_policy=c2sync.ReconnectPolicy(initial=0.05, maximum=0.1),
+        heartbeat_timeout=5,
+        link_factory=RecordingLink,
     )
     emulator.stall()  # the request goes out but is never answered on this connection
     result: list[object] = []
@@ -946,19 +978,9 @@ def test_request_in_flight_during_a_drop_is_sent_again_after_reconnecting(
         target=lambda: result.append(client.subscribe(c2sync.SIGNAL, STRATEGY, timeout=WAIT))
     )
     worker.start()
-    session = client._session
-    # The stalled emulator records nothing, so the client side shows the send: a request is
-    # registered in _waiters and written with ws.send() while _request_lock is held, so the
-    # lock being free again after registration means ws.send() has returned. Nothing
-    # announces the registration itself: re-check it, bounded.
-    deadline = time.monotonic() + WAIT
-    with session._queue_cond:
-        while not session._waiters and time.monotonic() < deadline:
-            session._queue_cond.wait(0.01)
-    assert session._waiters, "the request was never registered"
-    assert session._request_lock.acquire(timeout=WAIT), "the request was never sent"
-    session._request_lock.release()
-    assert session._waiters, "the request is no longer in flight"
+    # The stalled emulator records nothing, so the client side shows the send.
+    assert sent.wait(WAIT), "the request was never sent"
+    assert worker.is_alive() and not result, "the request is no longer in flight"
     emulator.drop()
     worker.join(WAIT)
     assert len(result) == 1 and isinstance(result[0], c2sync.SubscriptionAck)

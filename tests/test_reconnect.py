@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import c2sync
+from c2sync._link import Link
 from c2sync.emulator import Emulator
 from c2sync.emulator._records import ConnectionRecord, SubscriptionRequestRecord
 
@@ -151,27 +152,28 @@ def wait_marks() -> Iterator[WaitMarks]:
 
 
 class ReconnectGate:
-    """Holds a client's reconnection attempts until the test opens it, so the test can publish
-    while the client is certainly away however long publishing takes (a backoff or a
-    Retry-After is only a window of time), and notes when each attempt started.
+    """Holds a client's connection attempts while the test keeps it shut, so the test can
+    publish while the client is certainly away however long publishing takes (a backoff or
+    a Retry-After is only a window of time), and notes when each attempt started.
 
-    Installed on a connected client: the reader calls ``_connect_socket`` for every
-    reconnection attempt, once its backoff wait is over; the time is noted there, on the
-    reader thread, before the gate holds it.
+    It is the client's link factory (the session's seam for tests): the reader calls it for
+    every connection attempt, once its backoff wait is over; the time is noted there, on the
+    reader thread, before the gate holds it. It starts open.
     """
 
-    def __init__(self, client: c2sync.Client) -> None:
-        session = client._session
-        self._connect = session._connect_socket
+    def __init__(self) -> None:
         self._opened = threading.Event()
+        self._opened.set()
         self.attempts: list[float] = []  # monotonic start of each attempt
-        session._connect_socket = self._attempt  # type: ignore[method-assign]
 
-    def _attempt(self) -> Any:
+    def __call__(self, options: Any) -> Link:
         self.attempts.append(time.monotonic())
         if not self._opened.wait(WAIT):
             raise TimeoutError("the test never let the client reconnect")
-        return self._connect()
+        return Link(options)
+
+    def hold(self) -> None:
+        self._opened.clear()
 
     def open(self) -> None:
         self._opened.set()
@@ -281,7 +283,8 @@ def test_every_signal_arrives_once_in_order_across_a_fault(
 ) -> None:
     """Any lost connection: every signal once, in order; resumed from the last one handed out."""
     caplog.set_level(logging.WARNING, logger="c2sync")
-    client, rec = open_client(mode)
+    gate = ReconnectGate()
+    client, rec = open_client(mode, link_factory=gate)
     outcome: list[object] = []
     runner = threading.Thread(target=_run_forever, args=(client, outcome))
     if mode == "callback":  # a callback user blocks in run_forever(): a reconnect must not end it
@@ -303,7 +306,7 @@ def test_every_signal_arrives_once_in_order_across_a_fault(
 
     # The client reconnects only once 9..12 are published, so they can only come by the
     # replay, however long publishing takes.
-    gate = ReconnectGate(client)
+    gate.hold()
     try:
         FAULTS[fault](emulator)
         rec.wait_state(State.RECONNECTING)
@@ -478,8 +481,13 @@ def test_more_missed_than_the_replay_holds_gives_a_gap_then_live_signals(
     caplog.set_level(logging.WARNING, logger="c2sync")
     missed = max_replay + 15
     with make_emulator(max_replay=max_replay) as emulator:
+        gate = ReconnectGate()
         client = c2sync.Client(
-            API_KEY, url=emulator.url, heartbeat_timeout=HEARTBEAT_TIMEOUT, reconnect_policy=POLICY
+            API_KEY,
+            url=emulator.url,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT,
+            reconnect_policy=POLICY,
+            link_factory=gate,
         )
         rec = Recorder(client, "recv")
         client.on_state(rec.on_state)
@@ -489,7 +497,7 @@ def test_more_missed_than_the_replay_holds_gives_a_gap_then_live_signals(
             rec.take(lambda: rec.last() == 3)
             # Keep the client away until everything is published (1015 publishes can take
             # seconds on a loaded machine: longer than any backoff window).
-            gate = ReconnectGate(client)
+            gate.hold()
             try:
                 emulator.drop()
                 rec.wait_state(State.RECONNECTING)

@@ -1,0 +1,122 @@
+"""A client's options: one frozen value, validated once, shared by every room.
+
+Built by :class:`~c2sync.client.Client` (and so :func:`~c2sync.client.connect`) from the
+keyword arguments API.md "Connecting" names; the session and the link read it and never
+change it. Called from the user's thread only, at construction. The key is kept out of
+``repr()`` (API.md "Observability").
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from ._spec import DEFAULT_URL, HEARTBEAT_TIMEOUT
+from .checkpoint import Checkpoint, FileCheckpoint
+from .reconnect import ReconnectPolicy
+
+__all__ = ["API_KEY_ENV", "Options"]
+
+API_KEY_ENV = "C2_API_KEY"
+
+
+@attrs.frozen
+class Options:
+    """Everything a client was asked to do, checked (see :meth:`create`).
+
+    Attributes:
+        api_key: the key (never in ``repr()``).
+        url: the ``ws://`` or ``wss://`` URL.
+        connect_timeout: one total deadline for a connect, seconds.
+        heartbeat_timeout: seconds without a server heartbeat before the link is dead.
+        reconnect: whether lost connections are re-opened.
+        policy: the reconnect policy.
+        max_queue: the recv() queue's bound.
+        checkpoint: the checkpoint store, or None.
+        proxy: ``"http://[user:pass@]host:port"`` or None.
+        ssl_context: an ``ssl.SSLContext`` or None (the default verifying one).
+        link_factory: builds the link for each connection attempt (a test seam; None: the
+            real WebSocket link).
+    """
+
+    api_key: str = attrs.field(repr=False)
+    url: str = DEFAULT_URL
+    connect_timeout: float = 10.0
+    heartbeat_timeout: float = HEARTBEAT_TIMEOUT
+    reconnect: bool = True
+    policy: ReconnectPolicy = attrs.field(factory=ReconnectPolicy)
+    max_queue: int = 10_000
+    checkpoint: Checkpoint | None = None
+    proxy: str | None = attrs.field(default=None, repr=False)
+    ssl_context: Any = None
+    link_factory: Callable[[Options], Any] | None = attrs.field(default=None, repr=False)
+
+    @property
+    def safe_url(self) -> str:
+        """The URL without its query string (which could carry a secret)."""
+        return self.url.split("?", 1)[0]
+
+    @classmethod
+    def create(
+        cls,
+        api_key: str | None,
+        *,
+        url: str = DEFAULT_URL,
+        connect_timeout: float = 10.0,
+        heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
+        reconnect: bool = True,
+        max_queue: int = 10_000,
+        checkpoint: str | os.PathLike[str] | Checkpoint | None = None,
+        proxy: str | None = None,
+        ssl_context: Any = None,
+        reconnect_policy: ReconnectPolicy | None = None,
+        link_factory: Callable[[Options], Any] | None = None,
+    ) -> Options:
+        """Check the user's arguments and build the value.
+
+        Raises:
+            ValueError: no API key, or an argument out of range.
+            TypeError: an argument of the wrong type.
+        """
+        if api_key is None:
+            api_key = os.environ.get(API_KEY_ENV)
+        if not api_key:
+            raise ValueError(f"no API key: pass api_key= or set {API_KEY_ENV}")
+        if not isinstance(api_key, str):
+            raise TypeError("api_key must be a str")
+        if not isinstance(url, str) or urlsplit(url).scheme not in ("ws", "wss"):
+            raise ValueError("url must be a ws:// or wss:// URL")
+        for name, value in (
+            ("connect_timeout", connect_timeout),
+            ("heartbeat_timeout", heartbeat_timeout),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{name} must be a positive number of seconds")
+        if type(max_queue) is not int or max_queue < 1:
+            raise ValueError("max_queue must be a positive int")
+        store: Checkpoint | None
+        if checkpoint is None or isinstance(checkpoint, Checkpoint):
+            store = checkpoint
+        elif isinstance(checkpoint, (str, os.PathLike)):
+            store = FileCheckpoint(checkpoint)
+        else:
+            raise TypeError("checkpoint must be a path or an object with load() and save()")
+        if link_factory is not None and not callable(link_factory):
+            raise TypeError("link_factory must be callable")
+        return cls(
+            api_key=api_key,
+            url=url,
+            connect_timeout=float(connect_timeout),
+            heartbeat_timeout=float(heartbeat_timeout),
+            reconnect=bool(reconnect),
+            policy=reconnect_policy or ReconnectPolicy(),
+            max_queue=max_queue,
+            checkpoint=store,
+            proxy=proxy,
+            ssl_context=ssl_context,
+            link_factory=link_factory,
+        )
