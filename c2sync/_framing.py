@@ -300,7 +300,9 @@ class FrameReader:
             self._start = self._end = 0
         return need
 
-    def _data_frame(self, opcode: int, fin: int, payload: bytes, out: list[str | bytes]) -> None:
+    def _data_frame(
+        self, opcode: int, fin: int, payload: bytes, out: list[str | bytes]
+    ) -> None:
         """A text, binary or continuation frame other than a whole text frame."""
         fragments = self._fragments
         if opcode == _OP_CONT:

@@ -106,12 +106,7 @@ class ReplayRestarted:
 
 
 Event = (
-    Connected
-    | HeartbeatAnswered
-    | RequestAnswered
-    | Deliver
-    | Duplicate
-    | Malformed
+    Connected | HeartbeatAnswered | RequestAnswered | Deliver | Duplicate | Malformed
     | ReplayRestarted
 )
 
