@@ -14,6 +14,7 @@ it never satisfies another request); requests are registered and sent in one ord
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +23,13 @@ from .exceptions import ConnectionClosed
 from .messages import SubscriptionAck
 
 __all__ = ["Pending", "RequestLost", "Waiter"]
+
+logger = logging.getLogger("c2sync")
+
+# register(deadline) -> (waiter, frame, send): waits (bounded) until the client is open,
+# builds the request and registers its waiter under the session's lock, atomically with
+# the protocol core; send(frame) then writes it.
+Register = Callable[[float], "tuple[Waiter, str, Callable[[str], None]]"]
 
 
 class RequestLost(ConnectionClosed):
@@ -70,6 +78,59 @@ class Pending:
     def forget(self, request_id: str) -> None:
         with self._lock:
             self._waiters.pop(request_id, None)
+
+    def request(
+        self,
+        what: str,
+        timeout: float,
+        register: Register,
+        forget: Callable[[str], None],
+        resend: bool,
+    ) -> SubscriptionAck:
+        """Send a request and wait for its answer, sending it again on a new link if the
+        link is lost before the answer and ``resend`` (subscribing is idempotent,
+        PROTOCOL.md section 6).
+
+        Raises:
+            TimeoutError: no answer within ``timeout``.
+            ServerError: the server refused.
+            ConnectionClosed: the link was lost and ``resend`` is off, or the client closed.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            waiter = self._send(what, deadline, register, forget)
+            if waiter is not None:
+                if not self.wait(waiter, deadline, forget):
+                    raise TimeoutError(f"no answer to {what} within {timeout:g} s")
+                if not isinstance(waiter.error, RequestLost):
+                    break
+            if not resend:
+                raise ConnectionClosed(None, "", f"the connection was lost before {what}'s answer")
+            logger.info("connection lost before %s was answered; sending it again", what)
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.answer is not None
+        return waiter.answer
+
+    def _send(
+        self, what: str, deadline: float, register: Register, forget: Callable[[str], None]
+    ) -> Waiter | None:
+        """Register and send one request. Returns its waiter, or None when the send failed
+        (the link is being lost)."""
+        if not self.order.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise TimeoutError(f"could not send {what} in time")
+        try:
+            waiter, frame, send = register(deadline)
+            try:
+                send(frame)
+            except ConnectionClosed as exc:
+                logger.debug("sending %s failed: %s", what, exc)
+                forget(waiter.request_id)
+                self.forget(waiter.request_id)
+                return None
+            return waiter
+        finally:
+            self.order.release()
 
     def wait(self, waiter: Waiter, deadline: float, forget: Callable[[str], None]) -> bool:
         """Wait for ``waiter``'s answer until ``deadline``; on expiry forget the request

@@ -22,7 +22,8 @@ from typing import Any
 from ._dispatcher import Handle
 from ._lifecycle import State
 from ._options import Options
-from ._session import Session, Stats
+from ._reader import Stats
+from ._session import Session
 from ._spec import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_NORMAL,

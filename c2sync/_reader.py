@@ -1,0 +1,309 @@
+"""The reader: the one thread that reads the link, feeds the protocol core and reconnects.
+
+::
+
+    Link.read ──► parse (no lock) ──► ClientProtocol (under the lock) ──► acks: Link.send
+                                          ├──► Dispatcher ──► callbacks
+                                          ├──► Inbox ──► recv()
+                                          └──► Pending ──► subscribe() callers
+    link lost ──► backoff (ReconnectPolicy) ──► host.connect() ──► resubscribe ──► OPEN
+
+Only this thread reads a link, and it answers each heartbeat before any user code sees
+anything (PROTOCOL.md section 5): acks go out straight after the protocol core produced
+them, before messages are handed on. It never runs user code. What it needs of the session
+is written down in :class:`ReaderHost`, so this module never imports the session.
+
+Guarantees: a lost link is re-opened with the policy's backoff, resetting it only after a
+connection that delivered data; a fatal error (or a bug here) ends the client through
+``host.fail`` rather than killing the thread silently; a frame that cannot be parsed is
+counted and skipped, never fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import Protocol
+
+import attrs
+
+from ._dispatcher import Dispatcher
+from ._inbox import Inbox, superseded
+from ._lifecycle import Lifecycle, State
+from ._link import Link
+from ._options import Options
+from ._pending import Pending
+from ._protocol import (
+    ClientProtocol,
+    Deliver,
+    Duplicate,
+    Event,
+    HeartbeatAnswered,
+    Malformed,
+    ReplayRestarted,
+    RequestAnswered,
+)
+from ._watchdog import Watchdog
+from .codec import parse_message
+from .exceptions import ConnectionClosed, ProtocolError
+from .messages import Gap, Message
+
+__all__ = ["Reader", "ReaderHost", "Stats"]
+
+logger = logging.getLogger("c2sync")
+
+
+@attrs.define
+class Stats:
+    """Counters of a client's life (API.md "Observability").
+
+    Attributes:
+        messages: messages received for the user (signals, positions, gaps, ...).
+        heartbeats: server heartbeats received.
+        acks_sent: heartbeat acks sent.
+        last_heartbeat: when the last heartbeat arrived (aware UTC), or None.
+        reconnects: successful reconnections.
+        dropped: messages dropped because the recv() queue was full.
+        malformed: frames skipped because they were not valid messages.
+        duplicates: replayed signals dropped because they were already delivered.
+    """
+
+    messages: int = 0
+    heartbeats: int = 0
+    acks_sent: int = 0
+    last_heartbeat: datetime | None = None
+    reconnects: int = 0
+    dropped: int = 0
+    malformed: int = 0
+    duplicates: int = 0
+
+
+class ReaderHost(Protocol):
+    """What the reader needs of the session that starts it."""
+
+    options: Options
+    life: Lifecycle
+    lock: threading.Condition
+    protocol: ClientProtocol
+    stats: Stats
+    pending: Pending
+    inbox: Inbox
+    dispatcher: Dispatcher
+    watchdog: Watchdog
+
+    def connect(self) -> Link:
+        """Open a link and read ``connection.connected`` (raises what a connect raises)."""
+
+    def link_lost(self, link: Link, loss: BaseException) -> BaseException | None:
+        """Forget ``link``; return why it was lost (None when ``close()`` did it)."""
+
+    def fail(self, error: BaseException) -> None:
+        """End the client with ``error``."""
+
+
+class Reader:
+    """The reader thread of one client.
+
+    Args:
+        host: the session.
+        stop: set by ``close()``; wakes a backoff wait.
+    """
+
+    def __init__(self, host: ReaderHost, stop: threading.Event) -> None:
+        self._host = host
+        self._stop = stop
+        self.thread: threading.Thread | None = None
+
+    def start(self, link: Link) -> None:
+        self.thread = threading.Thread(
+            target=self._run, args=(link,), name="c2sync-reader", daemon=True
+        )
+        self.thread.start()
+
+    def _run(self, link: Link | None) -> None:
+        """Read until closed; reconnect per the policy; surface a final failure."""
+        host = self._host
+        policy = host.options.policy
+        backoff = policy.delays()
+        try:
+            while link is not None:
+                got_data, loss = self._read(link)
+                link = None
+                if loss is None:
+                    return  # closed by close()
+                if got_data:
+                    backoff = policy.delays()  # reset only after a useful connection
+                if not host.options.reconnect:
+                    host.fail(loss)
+                    return
+                logger.warning("%s; reconnecting", loss)
+                if not host.life.move(State.RECONNECTING):
+                    return
+                link, backoff = self._reconnect(loss, backoff)
+        except BaseException as exc:  # a bug must still surface on the user's next call
+            logger.exception("c2sync reader failed")
+            host.fail(exc)
+        finally:
+            if link is not None:
+                link.release()
+
+    def _reconnect(
+        self, loss: BaseException, backoff: Iterator[float]
+    ) -> tuple[Link | None, Iterator[float]]:
+        host = self._host
+        policy = host.options.policy
+        error: BaseException = loss
+        while True:
+            delay = next(backoff, None)
+            if delay is None:
+                host.fail(error)
+                return None, backoff
+            delay = max(delay, policy.minimum_delay(error))
+            logger.info("reconnecting in %.2f s", delay)
+            if self._stop.wait(delay):
+                return None, backoff
+            try:
+                link = host.connect()
+            except BaseException as exc:
+                if host.life.closing:
+                    return None, backoff
+                if not policy.is_retryable(exc) or not isinstance(exc, Exception):
+                    host.fail(exc)
+                    return None, backoff
+                logger.warning("reconnect failed: %s", exc)
+                error = exc
+                continue
+            with host.lock:
+                host.protocol.restore_subscriptions()
+                frames = host.protocol.data_to_send()
+                host.stats.reconnects += 1
+            host.watchdog.wake()
+            try:
+                for frame in frames:
+                    link.send(frame)
+            except ConnectionClosed as exc:
+                logger.warning("resubscribing failed: %s", exc)  # the next read sees the loss
+            # OPEN once the subscriptions are asked back, so a request waiting for the
+            # reconnect goes out after them.
+            host.life.move(State.OPEN)
+            return link, backoff
+
+    def _read(self, link: Link) -> tuple[bool, BaseException | None]:
+        """Read one link until it ends. Returns (whether data came, the loss or None)."""
+        self._host.watchdog.wake()
+        got_data = False
+        loss: BaseException
+        try:
+            while True:
+                texts = link.read()  # every whole message the socket held
+                if texts:
+                    got_data = True
+                    self._on_frames(link, texts)
+                close = link.close_frame
+                if close is not None:
+                    loss = ConnectionClosed(close.code, close.reason)
+                    break
+        except ConnectionClosed as exc:
+            loss = exc
+        return got_data, self._host.link_lost(link, loss)
+
+    def _on_frames(self, link: Link, texts: list[str | bytes]) -> None:
+        """Take the messages one read brought: parsed outside the lock (most of the cost,
+        and it needs no state), fed to the protocol under the lock in one go, acks sent,
+        then handed on together (one lock and at most one wake-up per room)."""
+        host = self._host
+        parsed: list[Message | ProtocolError] = []
+        for text in texts:
+            try:
+                parsed.append(parse_message(text))
+            except ProtocolError as exc:
+                parsed.append(exc)
+            except Exception as exc:
+                parsed.append(unreadable(exc))
+        receive = host.protocol.receive_parsed
+        events: list[Event] = []
+        with host.lock:
+            now = time.monotonic()
+            for item in parsed:
+                try:
+                    events += receive(item, now)
+                except Exception as exc:
+                    events.append(Malformed(unreadable(exc)))
+            frames = host.protocol.data_to_send()
+        # Section 5: heartbeats are answered here, before any user code sees anything.
+        for frame in frames:
+            link.send(frame)
+        deliver: list[Message] = []
+        for event in events:
+            if type(event) is Deliver:
+                deliver.append(event.message)
+                continue
+            if deliver:
+                self._deliver(deliver)
+                deliver = []
+            self._on_event(event)
+        if deliver:
+            self._deliver(deliver)
+
+    def _on_event(self, event: Event) -> None:
+        host = self._host
+        stats = host.stats
+        if isinstance(event, HeartbeatAnswered):
+            stats.heartbeats += 1
+            stats.acks_sent += 1
+            stats.last_heartbeat = datetime.now(timezone.utc)
+        elif isinstance(event, RequestAnswered):
+            host.pending.answer(event.request_id, event.ack, event.error)
+        elif isinstance(event, Malformed):
+            stats.malformed += 1
+            logger.warning("skipped a malformed frame: %s", event.error)
+        elif isinstance(event, Duplicate):
+            with host.lock:  # also counted by the dispatcher and recv() callers
+                stats.duplicates += 1
+            logger.debug(
+                "dropped duplicate signal %s of strategy %s",
+                event.message.seq_id,
+                event.message.strategy_id,
+            )
+        elif isinstance(event, ReplayRestarted):
+            strategy_id, resume_from = event.strategy_id, event.resume_from
+            host.inbox.purge(strategy_id, resume_from, event.replay_to)
+            host.dispatcher.purge(lambda m: superseded(m, strategy_id, resume_from))
+
+    def _deliver(self, messages: list[Message]) -> None:
+        """Hand on the messages one read brought: those with callbacks to the dispatcher in
+        one batch, the rest to the inbox in one batch."""
+        host = self._host
+        host.stats.messages += len(messages)
+        callbacks_for = host.dispatcher.callbacks_for
+        posts = []
+        queued: list[Message] = []
+        for message in messages:
+            if isinstance(message, Gap):
+                logger.warning(
+                    "gap in strategy %s signals after seq_id %s: %s (fetch them from the REST API)",
+                    message.strategy_id,
+                    message.from_seq,
+                    message.message,
+                )
+            callbacks = callbacks_for(message)
+            if callbacks:
+                posts.append((callbacks, message))
+            else:
+                queued.append(message)
+        if posts:
+            host.dispatcher.post_many(posts)
+        if queued:
+            host.stats.dropped += host.inbox.put_many(queued)
+
+
+def unreadable(exc: Exception) -> ProtocolError:
+    """A frame our parser or protocol chokes on is the server's fault or our bug; either way
+    it must not kill the reader (the heartbeats) or lose what comes next."""
+    logger.error("could not read a frame; skipping it", exc_info=exc)
+    error = ProtocolError(f"unreadable frame: {exc!r}")
+    error.__cause__ = exc
+    return error
