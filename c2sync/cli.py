@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn, TextIO
+from urllib.parse import urlsplit, urlunsplit
 
 from . import (
     DEFAULT_URL,
@@ -338,6 +339,30 @@ def _logging_for(verbose: int) -> Iterator[None]:
             root.removeHandler(handler)
 
 
+def _shown(url: str) -> str:
+    """The URL without any ``user:password@`` part, for messages."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
+def _connect(client: Client, url: str, timeout: float) -> None:
+    """``client.connect()``, with a timeout said as what timed out and where: a bare
+    socket timeout reads "timed out", which tells a user nothing."""
+    try:
+        client.connect()
+    except TimeoutError as exc:
+        detail = " ".join(str(exc).split())
+        where = _shown(url)
+        text = f"timed out after {timeout:g} s connecting to {where}"
+        if detail and detail.lower() != "timed out" and where not in detail:
+            text += f" ({detail})"
+        raise _Failure(
+            EXIT_NETWORK, f"{text}; check the host and port, or raise --connect-timeout"
+        ) from exc
+
+
 def _api_key(args: argparse.Namespace) -> str:
     key: str | None = args.api_key or os.environ.get(_KEY_ENV)
     if not key:
@@ -376,7 +401,7 @@ def _check(args: argparse.Namespace) -> int:
     client = Client(key, url=url, connect_timeout=args.connect_timeout, reconnect=False)
     started = time.perf_counter()
     try:
-        client.connect()
+        _connect(client, url, args.connect_timeout)
         elapsed = time.perf_counter() - started
         print(f"connected to {url}")
         # The first message is always connection.connected: anything else raises
@@ -498,13 +523,13 @@ def _listen(args: argparse.Namespace) -> int:
     )
     client.on_state(_status_printer(url, sys.stderr))
     with _sigterm_as_interrupt():
-        return _listen_loop(args, client)
+        return _listen_loop(args, client, url)
 
 
-def _listen_loop(args: argparse.Namespace, client: Client) -> int:
+def _listen_loop(args: argparse.Namespace, client: Client, url: str) -> int:
     clean = False
     try:
-        client.connect()
+        _connect(client, url, args.connect_timeout)
         for strategy in args.signal:
             client.subscribe(SIGNAL, strategy, resume_from=args.resume_from)
             since = f", replaying after seq_id {args.resume_from}" if args.resume_from else ""

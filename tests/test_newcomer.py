@@ -3,7 +3,9 @@ meet it (issue 15)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -48,3 +50,40 @@ def test_library_prints_nothing_unless_logging_is_configured() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "done"
     assert result.stderr == ""
+
+
+def test_cli_connect_timeout_says_what_timed_out_and_where() -> None:
+    """`c2sync check` against a host that never answers the TCP handshake says what timed
+    out and where, not "timed out: timed out"."""
+    # A listening socket whose accept queue is full: the kernel drops further SYNs, so a
+    # TCP connect times out exactly as against a black-holed host, all on loopback.
+    server = socket.socket()
+    fillers: list[socket.socket] = []
+    try:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+            fillers.append(filler)
+        url = f"ws://127.0.0.1:{port}/ws"
+        argv = ["check", "--url", url, "--api-key", "k", "--connect-timeout", "0.5"]
+        result = subprocess.run(
+            [sys.executable, "-m", "c2sync", *argv],
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            capture_output=True,
+            text=True,
+            timeout=RUN_BOUND,
+        )
+    finally:
+        for filler in fillers:
+            filler.close()
+        server.close()
+    assert result.returncode == 4, result.stderr  # EXIT_NETWORK
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1, line
+    assert f"timed out after 0.5 s connecting to {url}" in line, line
+    assert "timed out: timed out" not in line
