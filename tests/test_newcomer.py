@@ -11,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from .conftest import WAIT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,3 +89,23 @@ def test_cli_connect_timeout_says_what_timed_out_and_where() -> None:
     assert len(line.splitlines()) == 1, line
     assert f"timed out after 0.5 s connecting to {url}" in line, line
     assert "timed out: timed out" not in line
+
+
+@pytest.mark.parametrize("argv", [["demo"], ["emulator"]])
+def test_demo_without_the_emulator_extra_names_the_checkout_install(argv: list[str]) -> None:
+    """`c2sync demo` (or `emulator`) after a plain `pip install .` says in one line to
+    install the `[emulator]` extra from the checkout: `pip install ".[emulator]"`."""
+    # websockets made unimportable, as in an environment without the extra.
+    result = run_python(
+        f"""
+        import sys
+        sys.modules["websockets"] = None
+        from c2sync import cli
+        sys.exit(cli.main({argv!r}))
+        """
+    )
+    assert result.returncode == 1, result.stderr
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and line.startswith("c2sync: "), line
+    assert 'pip install ".[emulator]"' in line
+    assert "Traceback" not in result.stderr
