@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
 
-from .conftest import WAIT
+from c2sync.emulator import Emulator
+
+from .conftest import API_KEY, STRATEGY, WAIT
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_BOUND = 30.0  # seconds a command may run; never reached when it works
@@ -109,3 +113,33 @@ def test_demo_without_the_emulator_extra_names_the_checkout_install(argv: list[s
     assert len(line.splitlines()) == 1 and line.startswith("c2sync: "), line
     assert 'pip install ".[emulator]"' in line
     assert "Traceback" not in result.stderr
+
+
+def test_errors_and_gaps_says_why_a_resume_ahead_of_the_server_is_silent(
+    emulator: Emulator,
+) -> None:
+    """samples/errors_and_gaps.py --resume-from beyond the server's last seq_id explains at
+    once why nothing arrives, instead of waiting its timeout in silence."""
+    emulator.publish_signal(STRATEGY)  # the server's latest seq_id is 1
+    sample = str(ROOT / "samples" / "errors_and_gaps.py")
+    argv = [str(STRATEGY), "--resume-from", "100", "--timeout", str(RUN_BOUND)]
+    process = subprocess.Popen(
+        [sys.executable, sample, *argv],
+        env=dict(os.environ, C2_API_KEY=API_KEY, C2_WS_URL=emulator.url, PYTHONUNBUFFERED="1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        lines: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(
+            target=lambda: [lines.put(line) for line in process.stderr or ()], daemon=True
+        )
+        reader.start()
+        # Well before the sample's own timeout (RUN_BOUND), stderr says why it is quiet.
+        note = lines.get(timeout=WAIT)
+        assert "after seq_id 100" in note and "nothing arrives" in note, note
+    finally:
+        process.kill()
+        process.wait(WAIT)
