@@ -57,6 +57,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_REFUSED",
     "EXIT_SUBSCRIPTION",
+    "EXIT_TERMINATED",
     "main",
 ]
 
@@ -67,6 +68,7 @@ EXIT_REFUSED = 3
 EXIT_NETWORK = 4
 EXIT_SUBSCRIPTION = 5
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 #: What each exit status means (shown by ``c2sync --help`` and in the README).
 EXIT_CODES: dict[int, str] = {
@@ -78,6 +80,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_NETWORK: "a timeout or a network error (host unreachable, connection lost, TLS)",
     EXIT_SUBSCRIPTION: "the server refused a subscription (e.g. FORBIDDEN)",
     EXIT_INTERRUPTED: "interrupted with Ctrl-C (any command but `listen`)",
+    EXIT_TERMINATED: "`emulator` stopped with SIGTERM (`kill`, `docker stop`)",
 }
 
 _KEY_ENV = "C2_API_KEY"
@@ -194,7 +197,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"c2sync {__version__}")
+    parser.add_argument(
+        "-V", "--version", action="version", version=f"c2sync {__version__}"
+    )
 
     connection = _Parser(add_help=False)
     group = connection.add_argument_group("connection")

@@ -469,8 +469,14 @@ def test_listen_bad_key(emulator: Emulator) -> None:
 # emulator and demo ------------------------------------------------------------------------
 
 
-def test_emulator_command_serves_until_sigint() -> None:
-    """`c2sync emulator` prints its URL, serves and publishes, and stops on Ctrl-C (exit 0)."""
+@pytest.mark.parametrize(
+    "stop, status",
+    [(signal.SIGINT, cli.EXIT_INTERRUPTED), (signal.SIGTERM, cli.EXIT_TERMINATED)],
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_emulator_command_serves_until_stopped(stop: signal.Signals, status: int) -> None:
+    """`c2sync emulator` prints its URL, serves and publishes, and stops on Ctrl-C (exit
+    130) or SIGTERM (exit 143) as EXIT_CODES says, closing its connections first."""
     import c2sync
 
     process = subprocess.Popen(
@@ -499,9 +505,10 @@ def test_emulator_command_serves_until_sigint() -> None:
             client.subscribe(c2sync.SIGNAL, 424242)
             message = client.recv(timeout=WAIT)
             assert isinstance(message, c2sync.Signal) and message.strategy_id == 424242
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         _, stderr = process.communicate(timeout=WAIT)
-        assert process.returncode == 0
+        assert process.returncode == status, stderr
+        assert "emulator stopped" in stderr
         assert "Traceback" not in stderr and "cli-key" not in stderr
     finally:
         if process.poll() is None:

@@ -143,3 +143,38 @@ def test_errors_and_gaps_says_why_a_resume_ahead_of_the_server_is_silent(
     finally:
         process.kill()
         process.wait(WAIT)
+
+
+def test_emulator_port_in_use_is_one_line() -> None:
+    """`c2sync emulator --port N` with N taken: one line naming the port and what to do,
+    exit 1, no traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "c2sync", "emulator", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=RUN_BOUND,
+        )
+    assert result.returncode == 1
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1, line
+    assert line.startswith("c2sync emulator: error: "), line
+    assert f"port {port} on 127.0.0.1 is already in use" in line and "--port 0" in line
+
+
+def test_short_version_flag() -> None:
+    """`c2sync -V` prints the version, like `c2sync --version`."""
+    import c2sync
+
+    for flag in ("-V", "--version"):
+        result = subprocess.run(
+            [sys.executable, "-m", "c2sync", flag],
+            capture_output=True,
+            text=True,
+            timeout=RUN_BOUND,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == f"c2sync {c2sync.__version__}"
