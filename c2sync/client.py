@@ -1352,8 +1352,49 @@ def connect(
 ) -> Client:
     """Connect and return a :class:`Client` once ``connection.connected`` has arrived.
 
-    Takes the same arguments as :class:`Client` and raises what :meth:`Client.connect`
-    raises.
+    ::
+
+        with c2sync.connect(url=url) as client:   # the key from C2_API_KEY
+            client.subscribe(c2sync.SIGNAL, 12345678)
+            for signal in client:
+                print(signal.seq_id, dict(signal.payload))
+
+    Args:
+        api_key: the API key, sent only in the upgrade's ``Authorization`` header; None
+            reads the ``C2_API_KEY`` environment variable.
+        url: the WebSocket URL, ``ws://`` or ``wss://`` (default :data:`DEFAULT_URL`).
+        connect_timeout: seconds for the whole connect: DNS, TCP, proxy, TLS, the upgrade
+            and ``connection.connected``; also bounds each reconnect attempt.
+        heartbeat_timeout: seconds without a server heartbeat after which the connection
+            is dead and re-opened (the server sends one every 30 s).
+        reconnect: re-open a lost connection, restore the subscriptions and resume the
+            signals (see docs/api-contract.md "Reconnecting"); False: the first loss ends
+            the client.
+        max_queue: messages the ``recv()`` queue (and the callbacks' backlog) holds;
+            beyond it the oldest are dropped and :class:`QueueOverflow` says so.
+        checkpoint: None, a file path, or a :class:`~c2sync.Checkpoint`: keeps the last
+            processed ``seq_id`` per strategy so a later run resumes after it.
+        proxy: ``"http://[user:pass@]host:port"``; None honours ``HTTPS_PROXY`` and
+            ``NO_PROXY``.
+        ssl_context: an :class:`ssl.SSLContext` for custom CA bundles; certificate checks
+            stay on.
+        reconnect_policy: the backoff and retry rules (None: :class:`ReconnectPolicy`'s
+            defaults).
+
+    Returns:
+        The connected client; close it (or use it in a ``with`` block).
+
+    Raises:
+        AuthenticationError: HTTP 401, the key is missing or invalid.
+        RateLimitError: HTTP 429, too many attempts or connections for this key.
+        ServiceUnavailableError: HTTP 503, the server is full.
+        HandshakeError: any other refused upgrade.
+        TimeoutError: nothing within ``connect_timeout``.
+        OSError: the host is unreachable or its certificate failed.
+        ConnectionClosed: the server closed at once (1008: its connection limit).
+        ProtocolError: the first message was not ``connection.connected``.
+        ValueError: no API key, or an argument out of range.
+        TypeError: an argument of the wrong type.
     """
     return Client(
         api_key,

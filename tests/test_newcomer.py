@@ -178,3 +178,20 @@ def test_short_version_flag() -> None:
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == f"c2sync {c2sync.__version__}"
+
+
+def test_help_on_connect_documents_every_parameter() -> None:
+    """`help(c2sync.connect)` documents each of its parameters in an Args section, so a
+    user at the REPL need not open the Client class to learn what connect() takes."""
+    import inspect
+    import pydoc
+
+    import c2sync
+
+    text = pydoc.render_doc(c2sync.connect, renderer=pydoc.plaintext)
+    doc = inspect.getdoc(c2sync.connect) or ""
+    assert "Args:" in doc
+    args = doc.split("Args:", 1)[1]
+    for name in inspect.signature(c2sync.connect).parameters:
+        assert f"    {name}:" in args, f"{name} is not documented in connect()'s Args"
+        assert name in text
