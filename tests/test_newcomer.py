@@ -195,3 +195,25 @@ def test_help_on_connect_documents_every_parameter() -> None:
     for name in inspect.signature(c2sync.connect).parameters:
         assert f"    {name}:" in args, f"{name} is not documented in connect()'s Args"
         assert name in text
+
+
+def test_package_metadata_is_complete() -> None:
+    """The package index page shows who wrote it, where its docs are, what it is for and
+    the README: setup.cfg carries author, URLs, classifiers, keywords, long description,
+    and a `docs` extra with lower bounds."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg", encoding="utf-8")
+    metadata = config["metadata"]
+    for field in ("author", "keywords", "project_urls", "classifiers", "long_description"):
+        assert metadata.get(field, "").strip(), f"setup.cfg [metadata] has no {field}"
+    assert metadata["long_description"].strip() == "file: README.rst"
+    assert "Documentation" in metadata["project_urls"]
+    classifiers = metadata["classifiers"].split("\n")
+    assert any(c.startswith("License :: ") for c in classifiers)
+    assert any(c.startswith("Development Status :: ") for c in classifiers)
+    docs = [line.strip() for line in config["options.extras_require"]["docs"].split("\n")]
+    names = {line.split(">=")[0] for line in docs if line}
+    assert names == {"sphinx", "furo", "myst-parser"}
+    assert all(">=" in line for line in docs if line)
