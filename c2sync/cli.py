@@ -106,7 +106,7 @@ def _exit_status(error: BaseException) -> int:
     if isinstance(error, HandshakeError):
         return EXIT_REFUSED
     if isinstance(error, ConnectionClosed) and error.code == 1008:
-        return EXIT_REFUSED  # PROTOCOL.md section 2: the connection-limit race
+        return EXIT_REFUSED  # docs/protocol.md section 2: the connection-limit race
     if isinstance(error, ServerError):
         return EXIT_SUBSCRIPTION
     if isinstance(error, (TimeoutError, OSError, ConnectionClosed)):
@@ -408,7 +408,7 @@ def _check(args: argparse.Namespace) -> int:
         elapsed = time.perf_counter() - started
         print(f"connected to {url}")
         # The first message is always connection.connected: anything else raises
-        # ProtocolError above (PROTOCOL.md section 4).
+        # ProtocolError above (docs/protocol.md section 4).
         first = client.connected_message
         raw = json.dumps(dict(first.raw), default=str) if first is not None else "{}"
         print(f"first message: {raw}")
@@ -612,7 +612,7 @@ def _listen_loop(args: argparse.Namespace, client: Client, url: str) -> int:
                 message = client.recv()
             except QueueOverflow as overflow:
                 # Our output was too slow (a blocked pipe, say): ask for a replay of what
-                # was dropped rather than skip it (API.md "Back-pressure").
+                # was dropped rather than skip it (docs/api-contract.md "Back-pressure").
                 _err(f"{overflow.dropped} message(s) dropped: output too slow; replaying")
                 for strategy in args.signal:
                     # No entry: no signal of this strategy has arrived, so none was dropped.

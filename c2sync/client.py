@@ -10,7 +10,7 @@
 
 The socket's timeout stays ``None`` once connected: deadlines are enforced by the watchdog
 shutting the socket down, which wakes the reader at once and is safe on TLS even while a
-sender is blocked (WEBSOCKET-CLIENT-FACTS.md, "Timeouts" and "Waking a blocked reader").
+sender is blocked (docs/websocket-client-facts.md, "Timeouts" and "Waking a blocked reader").
 
 The threads hold the private ``_Session``, never the public :class:`Client`, so a client
 nobody references is garbage-collected and its connection closed with a close frame.
@@ -91,7 +91,7 @@ class State(enum.Enum):
 
 @attrs.define
 class Stats:
-    """Counters of a client's life (API.md "Observability").
+    """Counters of a client's life (docs/api-contract.md "Observability").
 
     Attributes:
         messages: messages received for the user (signals, positions, gaps, ...).
@@ -171,7 +171,7 @@ class _Session:
         self.connected_message: Message | None = None
 
         # One lock around protocol state, the socket reference and the lifecycle flags
-        # (STYLE.md rule 6). User code is never called while it is held.
+        # (docs/style.md rule 6). User code is never called while it is held.
         self.lock = threading.Lock()
         self._ws: Any = None
         self._raw_sock: socket.socket | None = None
@@ -321,7 +321,7 @@ class _Session:
             return
 
     def _sslopt(self) -> dict[str, Any]:
-        # WEBSOCKET-CLIENT-FACTS.md "TLS": a custom context goes in sslopt["context"].
+        # docs/websocket-client-facts.md "TLS": a custom context goes in sslopt["context"].
         return {"context": self._ssl_context} if self._ssl_context is not None else {}
 
     def _proxy_options(self) -> dict[str, Any]:
@@ -415,7 +415,7 @@ class _Session:
         try:
             # connection.connected was read by websocket-client, with its timeouts; from
             # here this thread owns every read, so it reads ahead and parses frames itself,
-            # one recv_into for many frames (WEBSOCKET-CLIENT-FACTS.md "Reading").
+            # one recv_into for many frames (docs/websocket-client-facts.md "Reading").
             reader = FrameReader.from_websocket(ws)
             while True:
                 texts = reader.read()  # every whole message the socket held
@@ -546,7 +546,7 @@ class _Session:
             queue.extend(queued)
             if exempt is not None:
                 self._exempt.update(key for key in exempt if key is not None)
-            # Drop the oldest beyond the bound; the newest max_queue are kept (API.md
+            # Drop the oldest beyond the bound; the newest max_queue are kept (docs/api-contract.md
             # "Back-pressure"), plus a replay asked for after an overflow.
             dropped = 0
             while len(queue) > self.max_queue + len(self._exempt):
@@ -815,7 +815,7 @@ class _Session:
             if not self.reconnect:
                 raise ConnectionClosed(None, "", f"the connection was lost before {what}'s answer")
             # The connection dropped under the request: send it again once reconnected
-            # (subscribing is idempotent, PROTOCOL.md section 6).
+            # (subscribing is idempotent, docs/protocol.md section 6).
             logger.info("connection lost before %s was answered; sending it again", what)
         if waiter.error is not None:
             raise waiter.error
@@ -834,7 +834,7 @@ class _Session:
         """Register and send one request once connected. Returns its waiter, or None when
         the send failed (the connection is being lost)."""
         # Requests are registered and sent in one order, so answers without a request_id
-        # (matched oldest-first, PROTOCOL.md section 6) find the right request.
+        # (matched oldest-first, docs/protocol.md section 6) find the right request.
         if not self._request_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise TimeoutError(f"could not send {what} in time")
         try:
@@ -936,7 +936,7 @@ class _Session:
                 self._queue_cond.notify_all()
             reader = self._reader
             if ws is not None and sock is not None:
-                # WEBSOCKET-CLIENT-FACTS.md "closing": arm the cut, send the close frame,
+                # docs/websocket-client-facts.md "closing": arm the cut, send the close frame,
                 # wait for the reader up to the grace, cut, join.
                 with self._watch_cond:
                     self._close_deadline = time.monotonic() + _CLOSE_GRACE
@@ -1019,7 +1019,8 @@ def _release(ws: Any) -> None:
 
 
 def _handshake_error(exc: Any) -> HandshakeError:
-    """Map a refused upgrade to the exception API.md names (PROTOCOL.md section 2)."""
+    """Map a refused upgrade to the exception docs/api-contract.md names (docs/protocol.md
+    section 2)."""
     status = int(exc.status_code)
     headers = {str(k).lower(): str(v) for k, v in (exc.resp_headers or {}).items()}
     body_bytes = exc.resp_body or b""
@@ -1040,7 +1041,8 @@ def _handshake_error(exc: Any) -> HandshakeError:
 
 
 def _finalize(session: _Session) -> None:
-    # Runs when the Client is garbage-collected or at interpreter exit (API.md "Closing").
+    # Runs when the Client is garbage-collected or at interpreter exit
+    # (docs/api-contract.md "Closing").
     if not session._closed.is_set():
         session.close(CLOSE_NORMAL, "", clean=True)
 
@@ -1049,7 +1051,7 @@ class Client:
     """A connection to the Collective2 WebSocket API, usable from plain threaded code.
 
     Build one with :func:`connect` (connected on return), or construct it and call
-    :meth:`connect`. See API.md for the whole contract.
+    :meth:`connect`. See docs/api-contract.md for the whole contract.
 
     Args:
         api_key: the API key; None reads ``C2_API_KEY``.
@@ -1057,7 +1059,7 @@ class Client:
         connect_timeout: seconds for TCP, TLS, the upgrade and ``connection.connected``.
         heartbeat_timeout: seconds without a server heartbeat after which the connection is
             dead.
-        reconnect: re-open lost connections (see API.md "Reconnecting").
+        reconnect: re-open lost connections (see docs/api-contract.md "Reconnecting").
         max_queue: messages the recv() queue holds before dropping the oldest.
         checkpoint: None, a path, or a :class:`~c2sync.checkpoint.Checkpoint`.
         proxy: ``"http://[user:pass@]host:port"``.

@@ -1,6 +1,6 @@
 """A local Collective2 API v4 WebSocket server, for demos and tests (extra ``[emulator]``).
 
-It speaks ``PROTOCOL.md`` exactly, enforces its limits, and has fault knobs to exercise a
+It speaks ``docs/protocol.md`` exactly, enforces its limits, and has fault knobs to exercise a
 client's error handling::
 
     from c2sync.emulator import Emulator
