@@ -10,6 +10,8 @@
             print(message)
 """
 
+import logging
+
 from ._spec import DEFAULT_URL
 from .checkpoint import Checkpoint, FileCheckpoint
 from .client import Client, Handle, State, Stats, connect
@@ -41,6 +43,10 @@ from .messages import (
 from .reconnect import ReconnectPolicy
 
 __version__ = "0.1.0"
+
+# A library never prints on its own: without this handler, logging's last-resort handler
+# would write the library's warnings to stderr in an application that configured nothing.
+logging.getLogger("c2sync").addHandler(logging.NullHandler())
 
 __all__ = [
     "DEFAULT_URL",

@@ -7,9 +7,10 @@ notices (:meth:`Dispatcher.post_state`, possibly under the session's lock: this 
 takes that lock while holding its own). The dispatcher thread, started at the first post,
 runs callbacks in arrival order, never on the reader thread.
 
-Guarantees (API.md "Receiving"): an exception in a callback is logged with its traceback
-and does not stop anything; once the dispatcher is stopped, messages still waiting are not
-handed out (they are not lost: resume covers them) while state notices still run.
+Guarantees (docs/api-contract.md "Receiving"): an exception in a callback is logged with
+its traceback and does not stop anything; once the dispatcher is stopped, messages still
+waiting are not handed out (they are not lost: resume covers them) while state notices
+still run.
 """
 
 from __future__ import annotations

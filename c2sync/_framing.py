@@ -2,7 +2,7 @@
 
 websocket-client parses frames in pure Python with three ``recv()`` system calls per frame
 (header, length, payload) because it never reads ahead: about half of a reader's time at
-~30k frames/s (WEBSOCKET-CLIENT-FACTS.md "Reading"). Once websocket-client has done the
+~30k frames/s (docs/websocket-client-facts.md "Reading"). Once websocket-client has done the
 upgrade (and the connect phase has read ``connection.connected`` with its timeouts), the
 reader thread owns every read of the socket, so it can read ahead: one ``recv_into`` fills a
 buffer with as many frames as the kernel holds, and they are parsed here in one pass.

@@ -5,9 +5,9 @@ and at most one wake-up per read); user threads take them (:meth:`Inbox.get`); t
 ends it (:meth:`Inbox.end`) and purges it when a replay supersedes what it holds
 (:meth:`Inbox.purge`).
 
-Guarantees (API.md "Back-pressure"): at most ``max_queue`` messages are held, plus the
+Guarantees (docs/api-contract.md "Back-pressure"): at most ``max_queue`` messages are held, plus the
 signals of a replay the user asked for after an overflow (bounded by the server's replay
-cap, PROTOCOL.md section 7); on overflow the oldest are dropped, counted, and the next
+cap, docs/protocol.md section 7); on overflow the oldest are dropped, counted, and the next
 :meth:`get` raises :class:`~c2sync.exceptions.QueueOverflow` once. Nothing here calls user
 code; the only lock taken inside this one is the session's (through ``last_seq``).
 """

@@ -15,7 +15,7 @@ final error is decided here, the first one wins, and a ``close()`` that came fir
 there is none. That error is raised to each caller as a fresh exception chained to the
 original, so tracebacks do not grow with every raise.
 
-The lock is also the session's lock around the protocol core (STYLE.md rule 6): one lock,
+The lock is also the session's lock around the protocol core (docs/style.md rule 6): one lock,
 never held while user code runs.
 """
 

@@ -7,8 +7,8 @@ Knows nothing of subscriptions, queues or reconnects. Who calls what:
 - any thread calls :meth:`Link.send` (websocket-client's send lock keeps frames whole);
 - the watchdog and ``close()`` call :meth:`Link.cut` and :meth:`Link.send_close`.
 
-Guarantees: handshake refusals become the API.md exceptions (PROTOCOL.md section 2); no
-websocket-client exception type escapes (a lost or failed link is a
+Guarantees: handshake refusals become the exceptions docs/api-contract.md names
+(docs/protocol.md section 2); no websocket-client exception type escapes (a lost or failed link is a
 :class:`~c2sync.exceptions.ConnectionClosed`); the key travels only in the upgrade
 request's ``Authorization`` header and is never logged; :meth:`cut` wakes a blocked reader
 and sender at once (docs/websocket-client-facts.md "Waking a blocked reader"), because
@@ -287,7 +287,8 @@ class Link:
 
 
 def handshake_error(exc: Any) -> HandshakeError:
-    """Map a refused upgrade to the exception API.md names (PROTOCOL.md section 2)."""
+    """Map a refused upgrade to the exception docs/api-contract.md names (docs/protocol.md
+    section 2)."""
     status = int(exc.status_code)
     headers = {str(k).lower(): str(v) for k, v in (exc.resp_headers or {}).items()}
     body_bytes = exc.resp_body or b""

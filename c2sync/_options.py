@@ -1,9 +1,9 @@
 """A client's options: one frozen value, validated once, shared by every room.
 
 Built by :class:`~c2sync.client.Client` (and so :func:`~c2sync.client.connect`) from the
-keyword arguments API.md "Connecting" names; the session and the link read it and never
-change it. Called from the user's thread only, at construction. The key is kept out of
-``repr()`` (API.md "Observability").
+keyword arguments docs/api-contract.md "Connecting" names; the session and the link read
+it and never change it. Called from the user's thread only, at construction. The key is kept out of
+``repr()`` (docs/api-contract.md "Observability").
 """
 
 from __future__ import annotations

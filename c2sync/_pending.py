@@ -5,11 +5,12 @@ User threads register a request (:meth:`Pending.add`) and wait for it
 protocol core matches an ack or an error to it, or fails it when the link is lost; the
 session fails every one at the end (:meth:`Pending.fail_all`).
 
-Guarantees (API.md "Subscribing"): a caller waits at most until its deadline; a request
-that timed out is forgotten here (the protocol core keeps recognising its late answer, so
-it never satisfies another request); requests are registered and sent in one order
-(:attr:`Pending.order`), so answers without a ``request_id`` matched oldest-first
-(PROTOCOL.md section 6) find the right caller. Memory is bounded by the callers waiting.
+Guarantees (docs/api-contract.md "Subscribing"): a caller waits at most until its deadline;
+a request that timed out is forgotten here (the protocol core keeps recognising its late
+answer, so it never satisfies another request); requests are registered and sent in one
+order (:attr:`Pending.order`), so answers without a ``request_id`` matched oldest-first
+(docs/protocol.md section 6) find the right caller. Memory is bounded by the callers
+waiting.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class Pending:
     ) -> SubscriptionAck:
         """Send a request and wait for its answer, sending it again on a new link if the
         link is lost before the answer and ``resend`` (subscribing is idempotent,
-        PROTOCOL.md section 6).
+        docs/protocol.md section 6).
 
         Raises:
             TimeoutError: no answer within ``timeout``.

@@ -50,7 +50,7 @@ _MAX_FORGOTTEN = 1000
 
 @attrs.frozen
 class Connected:
-    """``connection.connected`` arrived: the connection is ready (PROTOCOL.md section 4)."""
+    """``connection.connected`` arrived: the connection is ready (docs/protocol.md section 4)."""
 
     message: Message
 
@@ -80,7 +80,7 @@ class Deliver:
 
 @attrs.frozen
 class Duplicate:
-    """A signal already accepted earlier (replay overlap): dropped (PROTOCOL.md section 7)."""
+    """A signal already accepted earlier (replay overlap): dropped (docs/protocol.md section 7)."""
 
     message: Signal
 
@@ -101,7 +101,7 @@ class ReplayRestarted:
     strategy_id: int
     resume_from: int
     # The last seq_id accepted before: the replay up to it re-sends what was queued or
-    # dropped, so the shell lets it past the queue bound (API.md "Back-pressure").
+    # dropped, so the shell lets it past the queue bound (docs/api-contract.md "Back-pressure").
     replay_to: int
 
 
@@ -133,7 +133,7 @@ class ClientProtocol:
 
     Args:
         heartbeat_timeout: seconds without a server heartbeat after which the connection is
-            dead (PROTOCOL.md section 5).
+            dead (docs/protocol.md section 5).
         resume_points: ``{strategy_id: seq_id}`` already processed (from a checkpoint).
         max_subscriptions: subscriptions one connection may hold (section 6).
         request_ids: where request ids come from (tests inject a predictable one).
@@ -431,7 +431,7 @@ class ClientProtocol:
         if message.request_id is not None:
             return self._outstanding.get(message.request_id)
         for request in self._outstanding.values():
-            # Without a request_id the server answers in order (PROTOCOL.md section 6);
+            # Without a request_id the server answers in order (docs/protocol.md section 6);
             # an ack that names its pair must match it.
             if ack is None or (
                 ack.action in (None, request.action)

@@ -9,7 +9,7 @@
     link lost ──► backoff (ReconnectPolicy) ──► host.connect() ──► resubscribe ──► OPEN
 
 Only this thread reads a link, and it answers each heartbeat before any user code sees
-anything (PROTOCOL.md section 5): acks go out straight after the protocol core produced
+anything (docs/protocol.md section 5): acks go out straight after the protocol core produced
 them, before messages are handed on. It never runs user code. What it needs of the session
 is written down in :class:`ReaderHost`, so this module never imports the session.
 
@@ -58,7 +58,7 @@ logger = logging.getLogger("c2sync")
 
 @attrs.define
 class Stats:
-    """Counters of a client's life (API.md "Observability").
+    """Counters of a client's life (docs/api-contract.md "Observability").
 
     Attributes:
         messages: messages received for the user (signals, positions, gaps, ...).

@@ -19,7 +19,7 @@ closed with a close frame.
 
 Guarantees: ``close()`` is idempotent, bounded (about a second even against a server that
 stopped answering) and joins every thread it started except the caller's; a message is
-counted as processed for the checkpoint as API.md "Checkpoints" says.
+counted as processed for the checkpoint as docs/api-contract.md "Checkpoints" says.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The protocol's names and numbers, in one place, shared by the client and the emulator.
 
-Every value cites the section of PROTOCOL.md it comes from.
+Every value cites the section of docs/protocol.md it comes from.
 """
 
 from __future__ import annotations

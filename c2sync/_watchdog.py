@@ -1,6 +1,6 @@
 """The watchdog: one thread that sleeps until a deadline, then cuts the link.
 
-Two deadlines: the server's heartbeat deadline (PROTOCOL.md section 5), which the session
+Two deadlines: the server's heartbeat deadline (docs/protocol.md section 5), which the session
 reports through ``deadline()``, and a ``close()``'s grace (:meth:`Watchdog.arm_close`).
 The reader thread moves the heartbeat deadline on with every heartbeat without waking this
 thread: it wakes at the old deadline, finds the new one and sleeps again, so an idle client

@@ -23,8 +23,9 @@ logger = logging.getLogger("c2sync.checkpoint")
 class Checkpoint(Protocol):
     """What the client needs of a checkpoint store.
 
-    ``save`` is called from the client's threads once a signal counts as processed (API.md
-    "Checkpoints"); it may batch, as long as ``flush`` (when present) writes everything.
+    ``save`` is called from the client's threads once a signal counts as processed
+    (docs/api-contract.md "Checkpoints"); it may batch, as long as ``flush`` (when present)
+    writes everything.
     """
 
     def load(self) -> dict[int, int]:

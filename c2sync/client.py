@@ -6,7 +6,7 @@ which lives as long as the client. Called from user threads; every method is saf
 any thread, callbacks included, unless its docstring says otherwise.
 
 The session's threads hold the session, never the ``Client``, so a client nobody
-references is garbage-collected and its connection closed with a close frame (API.md
+references is garbage-collected and its connection closed with a close frame (docs/api-contract.md
 "Closing").
 """
 
@@ -41,7 +41,8 @@ __all__ = ["Client", "Handle", "State", "Stats", "connect"]
 
 
 def _finalize(session: Session) -> None:
-    # Runs when the Client is garbage-collected or at interpreter exit (API.md "Closing").
+    # When the Client is garbage-collected or at interpreter exit (docs/api-contract.md
+    # "Closing").
     if not session.life.ended.is_set():
         session.close(CLOSE_NORMAL, "", clean=True)
 
@@ -50,7 +51,7 @@ class Client:
     """A connection to the Collective2 WebSocket API, usable from plain threaded code.
 
     Build one with :func:`connect` (connected on return), or construct it and call
-    :meth:`connect`. See API.md for the whole contract.
+    :meth:`connect`. See docs/api-contract.md for the whole contract.
 
     Args:
         api_key: the API key; None reads ``C2_API_KEY``.
@@ -58,7 +59,7 @@ class Client:
         connect_timeout: seconds for TCP, TLS, the upgrade and ``connection.connected``.
         heartbeat_timeout: seconds without a server heartbeat after which the connection is
             dead.
-        reconnect: re-open lost connections (see API.md "Reconnecting").
+        reconnect: re-open lost connections (see docs/api-contract.md "Reconnecting").
         max_queue: messages the recv() queue holds before dropping the oldest.
         checkpoint: None, a path, or a :class:`~c2sync.checkpoint.Checkpoint`.
         proxy: ``"http://[user:pass@]host:port"``.
@@ -323,8 +324,51 @@ class Client:
 def connect(api_key: str | None = None, **options: Any) -> Client:
     """Connect and return a :class:`Client` once ``connection.connected`` has arrived.
 
-    Takes the same arguments as :class:`Client` (its signature is shown by ``help()``)
-    and raises what :meth:`Client.connect` raises.
+    ::
+
+        with c2sync.connect(url=url) as client:   # the key from C2_API_KEY
+            client.subscribe(c2sync.SIGNAL, 12345678)
+            for signal in client:
+                print(signal.seq_id, dict(signal.payload))
+
+    Args:
+        api_key: the API key, sent only in the upgrade's ``Authorization`` header; None
+            reads the ``C2_API_KEY`` environment variable.
+        url: the WebSocket URL, ``ws://`` or ``wss://`` (default :data:`DEFAULT_URL`).
+        connect_timeout: seconds for the whole connect: DNS, TCP, proxy, TLS, the upgrade
+            and ``connection.connected``; also bounds each reconnect attempt.
+        heartbeat_timeout: seconds without a server heartbeat after which the connection
+            is dead and re-opened (the server sends one every 30 s).
+        reconnect: re-open a lost connection, restore the subscriptions and resume the
+            signals (see docs/api-contract.md "Reconnecting"); False: the first loss ends
+            the client.
+        max_queue: messages the ``recv()`` queue (and the callbacks' backlog) holds;
+            beyond it the oldest are dropped and :class:`QueueOverflow` says so.
+        checkpoint: None, a file path, or a :class:`~c2sync.Checkpoint`: keeps the last
+            processed ``seq_id`` per strategy so a later run resumes after it.
+        proxy: ``"http://[user:pass@]host:port"``; None honours ``HTTPS_PROXY`` and
+            ``NO_PROXY``.
+        ssl_context: an :class:`ssl.SSLContext` for custom CA bundles; certificate checks
+            stay on.
+        reconnect_policy: the backoff and retry rules (None: :class:`ReconnectPolicy`'s
+            defaults).
+        link_factory: builds the link of each connection attempt from the options; a seam
+            for tests (None: the real WebSocket link). Not covered by compatibility.
+
+    Returns:
+        The connected client; close it (or use it in a ``with`` block).
+
+    Raises:
+        AuthenticationError: HTTP 401, the key is missing or invalid.
+        RateLimitError: HTTP 429, too many attempts or connections for this key.
+        ServiceUnavailableError: HTTP 503, the server is full.
+        HandshakeError: any other refused upgrade.
+        TimeoutError: nothing within ``connect_timeout``.
+        OSError: the host is unreachable or its certificate failed.
+        ConnectionClosed: the server closed at once (1008: its connection limit).
+        ProtocolError: the first message was not ``connection.connected``.
+        ValueError: no API key, or an argument out of range.
+        TypeError: an argument of the wrong type.
     """
     return Client(api_key, **options).connect()
 
@@ -333,5 +377,3 @@ _init = inspect.signature(Client.__init__)
 connect.__signature__ = _init.replace(  # type: ignore[attr-defined]
     parameters=list(_init.parameters.values())[1:], return_annotation="Client"
 )
-# help(c2sync.connect) documents every parameter, from the one place they are described.
-connect.__doc__ = (connect.__doc__ or "") + "\n" + (Client.__doc__ or "").split("\n\n", 2)[2]

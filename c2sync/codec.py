@@ -1,4 +1,4 @@
-"""The wire format: JSON text frames in and out (PROTOCOL.md sections 3-8). No I/O.
+"""The wire format: JSON text frames in and out (docs/protocol.md sections 3-8). No I/O.
 
 These functions are public so users can unit-test their own handlers without a socket.
 """

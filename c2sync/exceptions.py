@@ -8,7 +8,7 @@ The tree::
     │   ├── RateLimitError             429 (.retry_after)
     │   └── ServiceUnavailableError    503
     ├── ConnectionClosed(code, reason) the connection ended
-    │   └── HeartbeatTimeout           the server went silent (PROTOCOL.md section 5)
+    │   └── HeartbeatTimeout           the server went silent (docs/protocol.md section 5)
     ├── ProtocolError                  the server broke the protocol
     ├── ServerError(code, field, message, errors, request_id)  an ``error`` answering a request
     ├── QueueOverflow(dropped, last_seq)  the recv() queue overflowed; messages were dropped
@@ -47,7 +47,7 @@ class C2Error(Exception):
 
 
 class HandshakeError(C2Error):
-    """The server refused the WebSocket upgrade with an HTTP status (PROTOCOL.md section 2).
+    """The server refused the WebSocket upgrade with an HTTP status (docs/protocol.md section 2).
 
     Attributes:
         status: the HTTP status code.
@@ -145,7 +145,7 @@ class ConnectionClosed(C2Error):
 
 
 class HeartbeatTimeout(ConnectionClosed):
-    """No server heartbeat arrived in time: the connection is dead (PROTOCOL.md section 5)."""
+    """No server heartbeat arrived in time: the connection is dead (docs/protocol.md section 5)."""
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
@@ -157,7 +157,7 @@ class ProtocolError(C2Error):
 
 
 class ServerError(C2Error):
-    """The server answered a request with an ``error`` message (PROTOCOL.md section 8).
+    """The server answered a request with an ``error`` message (docs/protocol.md section 8).
 
     Attributes:
         code: the error code, kept as a string (new codes may appear).
@@ -207,7 +207,7 @@ class QueueOverflow(C2Error):
 
 
 class SubscriptionLimitError(C2Error, ValueError):
-    """A subscription beyond the 100 a connection may hold (PROTOCOL.md section 6)."""
+    """A subscription beyond the 100 a connection may hold (docs/protocol.md section 6)."""
 
 
 def _parse_error_body(body: str) -> tuple[str | None, str | None]:

@@ -1,4 +1,4 @@
-"""The messages a Collective2 server sends, as frozen values (PROTOCOL.md sections 3-8).
+"""The messages a Collective2 server sends, as frozen values (docs/protocol.md sections 3-8).
 
 Every message keeps the whole JSON object it came from in ``raw`` and its ``payload``
 unchanged and read-only, so fields the server adds later are never lost.
@@ -106,7 +106,7 @@ class Positions(Message):
 
 @attrs.frozen(kw_only=True)
 class Gap(Message):
-    """The server could not replay every missed signal (PROTOCOL.md section 7).
+    """The server could not replay every missed signal (docs/protocol.md section 7).
 
     Fetch the signals after ``from_seq`` from the REST API.
 

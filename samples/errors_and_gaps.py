@@ -21,7 +21,6 @@ args = parser.parse_args()
 url = os.environ.get("C2_WS_URL", c2sync.DEFAULT_URL)
 
 
-
 def fail(text: str, status: int) -> None:
     print(text, file=sys.stderr)
     sys.exit(status)
@@ -47,13 +46,29 @@ with client:
     except c2sync.ServerError as exc:
         fail(f"subscription refused: {exc.code} {exc.message}", 5)
     print(f"subscribed to {args.strategy_id}", flush=True)
+    if args.resume_from:
+        # The server replays only the seq_ids above resume_from: from a point at or past its
+        # latest signal, nothing comes until the strategy publishes again. Say so now
+        # rather than wait in silence.
+        print(
+            f"replaying the signals after seq_id {args.resume_from}; if the strategy has "
+            f"published none after it, nothing arrives until its next signal "
+            f"(waiting up to {args.timeout:g} s per message)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     # 3. Receiving: gaps, overflow and server errors arrive in the same loop.
     for _ in range(args.count):
         try:
             message = client.recv(timeout=args.timeout)
         except TimeoutError:
-            print("no message in time")
+            why = (
+                f": nothing after seq_id {args.resume_from} yet, so nothing to replay"
+                if args.resume_from
+                else ""
+            )
+            print(f"no message within {args.timeout:g} s{why}")
             break
         except c2sync.QueueOverflow as exc:
             # Nobody read fast enough: the oldest messages were dropped, never silently.

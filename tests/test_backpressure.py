@@ -1,5 +1,5 @@
 """Back-pressure: a full recv() queue drops the oldest, says so once, and loses nothing
-silently (API.md "Back-pressure"); reading, and so heartbeats, never stop.
+silently (docs/api-contract.md "Back-pressure"); reading, and so heartbeats, never stop.
 """
 
 from __future__ import annotations

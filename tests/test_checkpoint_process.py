@@ -1,5 +1,6 @@
 """Checkpoints resume across restarts: a crash costs duplicates of unprocessed signals, never
-a loss; a clean close resumes exactly after the last processed one (API.md "Checkpoints").
+a loss; a clean close resumes exactly after the last processed one (docs/api-contract.md
+"Checkpoints").
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -246,6 +247,7 @@ def test_check_unresolvable_host(
     run_main: Callable[..., tuple[int, str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A host name that does not resolve gives exit status 4 and one line, no traceback."""
+
     def no_dns(*args: Any, **kwargs: Any) -> Any:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
@@ -325,6 +327,47 @@ def test_listen_json_lines_and_stop(
     assert emulator.connections[0].close_code == 1000
 
 
+def test_listen_prints_a_compact_line_by_default(
+    emulator: Emulator, listen: Callable[..., tuple[subprocess.Popen[str], Lines, Lines]]
+) -> None:
+    """`listen` without --json prints one short line per message (time, type, strategy,
+    seq_id, the order's side, quantity, symbol, price), not the whole 600-character payload."""
+    process, out, err = listen("--signal", str(STRATEGY), "--positions", str(STRATEGY))
+    err.until(lambda line: "listening" in line)
+    wait_subscribed(emulator, "strategy.positions")
+    payload = {
+        "StrategyId": STRATEGY,
+        "SignalId": 150000001,
+        "C2Symbol": {"FullSymbol": "@ESZ5", "SymbolType": "future"},
+        "Side": "1",
+        "OrderType": "2",
+        "Quantity": 5,
+        "Limit": 5210.25,
+        "Notes": "x" * 600,
+    }
+    emulator.publish_signal(STRATEGY, payload)
+    emulator.publish_signal(STRATEGY)  # a generated one, about 550 bytes of JSON
+    emulator.publish_positions(STRATEGY)
+    lines = [out.next() for _ in range(3)]
+    assert all(len(line) <= 120 for line in lines), lines
+    assert re.fullmatch(
+        rf"\d\d:\d\d:\d\d strategy\.signal strategy={STRATEGY} seq_id=1 "
+        r"BUY 5 @ESZ5 limit 5210\.25 \(SignalId 150000001\)",
+        lines[0],
+    ), lines[0]
+    assert re.match(
+        rf"\d\d:\d\d:\d\d strategy\.signal strategy={STRATEGY} seq_id=2 "
+        r"(BUY|SELL) \d+ \S+ (market|limit|stop)",
+        lines[1],
+    ), lines[1]
+    assert re.match(
+        rf"\d\d:\d\d:\d\d strategy\.positions strategy={STRATEGY} 2 open: \S+ [+-]\d+ @ ",
+        lines[2],
+    ), lines[2]
+    process.send_signal(signal.SIGINT)
+    assert process.wait(WAIT) == 0
+
+
 def test_listen_reports_reconnect_and_resumes(
     emulator: Emulator, listen: Callable[..., tuple[subprocess.Popen[str], Lines, Lines]]
 ) -> None:
@@ -337,15 +380,15 @@ def test_listen_reports_reconnect_and_resumes(
     assert f"c2sync: connecting to {emulator.url}" in err.seen[:-1], err.seen
     wait_subscribed(emulator)
     emulator.publish_signal(STRATEGY)
-    assert out.next().startswith(f"strategy.signal strategy={STRATEGY} seq_id=1 {{")
+    assert f" strategy.signal strategy={STRATEGY} seq_id=1 " in out.next()
 
     emulator.drop()
     err.until(lambda line: "reconnecting" in line)
     emulator.publish_signal(STRATEGY)
     emulator.publish_signal(STRATEGY)
     err.until(lambda line: "reconnected" in line)
-    assert out.next().startswith(f"strategy.signal strategy={STRATEGY} seq_id=2 ")
-    assert out.next().startswith(f"strategy.signal strategy={STRATEGY} seq_id=3 ")
+    assert f" strategy.signal strategy={STRATEGY} seq_id=2 " in out.next()
+    assert f" strategy.signal strategy={STRATEGY} seq_id=3 " in out.next()
     resumes = [r.resume_from for r in emulator.connections[-1].subscription_requests]
     assert resumes == [1]
 
@@ -469,8 +512,14 @@ def test_listen_bad_key(emulator: Emulator) -> None:
 # emulator and demo ------------------------------------------------------------------------
 
 
-def test_emulator_command_serves_until_sigint() -> None:
-    """`c2sync emulator` prints its URL, serves and publishes, and stops on Ctrl-C (exit 0)."""
+@pytest.mark.parametrize(
+    "stop, status",
+    [(signal.SIGINT, cli.EXIT_INTERRUPTED), (signal.SIGTERM, cli.EXIT_TERMINATED)],
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_emulator_command_serves_until_stopped(stop: signal.Signals, status: int) -> None:
+    """`c2sync emulator` prints its URL, serves and publishes, and stops on Ctrl-C (exit
+    130) or SIGTERM (exit 143) as EXIT_CODES says, closing its connections first."""
     import c2sync
 
     process = subprocess.Popen(
@@ -499,9 +548,10 @@ def test_emulator_command_serves_until_sigint() -> None:
             client.subscribe(c2sync.SIGNAL, 424242)
             message = client.recv(timeout=WAIT)
             assert isinstance(message, c2sync.Signal) and message.strategy_id == 424242
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         _, stderr = process.communicate(timeout=WAIT)
-        assert process.returncode == 0
+        assert process.returncode == status, stderr
+        assert "emulator stopped" in stderr
         assert "Traceback" not in stderr and "cli-key" not in stderr
     finally:
         if process.poll() is None:

@@ -1,5 +1,5 @@
 """The JSON codec: every server message read into the right class, client frames built
-exactly as PROTOCOL.md shows them, and bad input always a ``ProtocolError``."""
+exactly as docs/protocol.md shows them, and bad input always a ``ProtocolError``."""
 
 from __future__ import annotations
 

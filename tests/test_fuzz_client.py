@@ -1,5 +1,6 @@
 """Whatever the server sends, the reader survives: a frame is skipped as malformed or passed
-through clean, and real signals keep coming (API.md "Receiving"; PROTOCOL.md section 3).
+through clean, and real signals keep coming (docs/api-contract.md "Receiving";
+docs/protocol.md section 3).
 """
 
 from __future__ import annotations

@@ -85,6 +85,9 @@ def test_build_and_twine_check(dist: Path) -> None:
         "samples/callbacks.py",
         "c2sync/cli.py",
         "c2sync/py.typed",
+        "docs/protocol.md",  # the design documents the code cites travel with it
+        "docs/api-contract.md",
+        "docs/conf.py",
     ):
         assert path in names, path
 

@@ -1,5 +1,6 @@
-"""The public surface API.md promises: names importable from c2sync, honest ``__all__``\\ s,
-the exception tree, a pure core free of I/O imports, and exceptions that never show the key."""
+"""The public surface docs/api-contract.md promises: names importable from c2sync, honest
+``__all__``\\ s, the exception tree, a pure core free of I/O imports, and exceptions that
+never show the key."""
 
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ PACKAGE_DIR = Path(c2sync.__file__).parent
 
 @pytest.mark.parametrize("name", API_NAMES)
 def test_api_names_are_importable_and_exported(name: str) -> None:
-    """Every name API.md documents is importable from c2sync and listed in its __all__."""
+    """Every name docs/api-contract.md documents is importable from c2sync and in __all__."""
     assert hasattr(c2sync, name)
     assert name in c2sync.__all__
 
@@ -185,7 +186,7 @@ def test_message_classes_share_the_base() -> None:
     ids=lambda v: v.__name__ if isinstance(v, type) else "",
 )
 def test_exception_tree(cls: type[BaseException], bases: tuple[type, ...]) -> None:
-    """Each exception sits where API.md draws it in the tree."""
+    """Each exception sits where docs/api-contract.md draws it in the tree."""
     for base in bases:
         assert issubclass(cls, base)
 

@@ -1,9 +1,9 @@
 """Nothing is lost across reconnects: every fault, every signal once and in order.
 
-API.md "Reconnecting" and "Receiving"; PROTOCOL.md sections 7 (seq_id, resume, gap) and 9
-(close codes). Each test publishes signals before, during and after a fault and checks the
-user saw ``1..N`` exactly once, in order, and that the resubscription asked for the right
-``resume_from``.
+docs/api-contract.md "Reconnecting" and "Receiving"; docs/protocol.md sections 7 (seq_id,
+resume, gap) and 9 (close codes). Each test publishes signals before, during and after a
+fault and checks the user saw ``1..N`` exactly once, in order, and that the resubscription
+asked for the right ``resume_from``.
 """
 
 from __future__ import annotations

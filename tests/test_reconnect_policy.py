@@ -1,5 +1,5 @@
 """The reconnect policy: backoff delays with injected randomness, which failures are retried,
-and how long 1008/429/503 make the client wait (API.md "Reconnecting")."""
+and how long 1008/429/503 make the client wait (docs/api-contract.md "Reconnecting")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Soak, scaled for CI: a long stream through random faults loses and repeats nothing, and
-leaves no thread, socket or memory growth behind (API.md "Reconnecting", "Closing").
+leaves no thread, socket or memory growth behind (docs/api-contract.md "Reconnecting", "Closing").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A local Collective2 API v4 WebSocket server, for demos and tests (extra ``[emulator]``).
 
-It speaks ``PROTOCOL.md`` exactly, enforces its limits, and has fault knobs to exercise a
+It speaks ``docs/protocol.md`` exactly, enforces its limits, and has fault knobs to exercise a
 client's error handling::
 
     from c2sync.emulator import Emulator
@@ -19,7 +19,8 @@ try:
     import websockets  # noqa: F401 (checked here to give a useful message)
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(
-        "c2sync.emulator needs the 'websockets' package: pip install 'c2sync[emulator]'"
+        "c2sync.emulator needs the 'websockets' package: from a checkout of c2sync, "
+        'pip install ".[emulator]"; from PyPI, pip install "c2sync[emulator]"'
     ) from exc
 
 from ._cli import main

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 from .._spec import HEARTBEAT_GRACE, HEARTBEAT_INTERVAL
 from ._server import Emulator
@@ -15,6 +19,35 @@ from ._server import Emulator
 __all__ = ["main"]
 
 _DEFAULT_STRATEGY = 12345678
+
+# Stopped by a signal, the emulator exits as a shell reports a process killed by it
+# (128 + the signal's number), after closing every connection cleanly.
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class _Stopped(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM (``kill``, ``docker stop``) into :class:`_Stopped`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise _Stopped(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _positive(text: str) -> float:
@@ -28,6 +61,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Run a local Collective2 API v4 WebSocket emulator until Ctrl-C.",
+        epilog="exit status: 130 after Ctrl-C, 143 after SIGTERM, 1 if it could not start",
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="TCP port, 0 for any (8765)")
@@ -81,7 +115,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m c2sync.emulat
         prog: the program name shown in the help.
 
     Returns:
-        The exit status: 0 after Ctrl-C, 1 when the server could not start.
+        The exit status: 130 after Ctrl-C (SIGINT), 143 after SIGTERM, 1 when the server
+        could not start (a port in use, say).
     """
     args = _parser(prog).parse_args(argv)
     logging.basicConfig(
@@ -100,10 +135,18 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m c2sync.emulat
             port=args.port,
         )
         emulator.start()
-    except (OSError, ValueError) as exc:
-        print(f"error: cannot start the emulator: {exc}", file=sys.stderr)
+    except (OSError, ValueError, RuntimeError, TimeoutError) as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+            why = (
+                f"port {args.port} on {args.host} is already in use (another emulator?); "
+                "choose another with --port, or --port 0 for any free one"
+            )
+        else:
+            why = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"{prog}: error: cannot start the emulator: {why}", file=sys.stderr)
         return 1
-    stop = threading.Event()  # never set: the waits below end on their timeout or Ctrl-C
+    stop = threading.Event()  # never set: the waits below end on their timeout or a signal
+    status = EXIT_SIGINT
     try:
         print(emulator.url, flush=True)
         print(
@@ -112,15 +155,18 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m c2sync.emulat
             file=sys.stderr,
             flush=True,
         )
-        if args.signal_every is None:
-            stop.wait()
-        else:
-            while not stop.wait(args.signal_every):
-                for strategy in strategies:
-                    emulator.publish_signal(strategy)
-    except KeyboardInterrupt:
+        with _stop_on_signals():
+            if args.signal_every is None:
+                stop.wait()
+            else:
+                while not stop.wait(args.signal_every):
+                    for strategy in strategies:
+                        emulator.publish_signal(strategy)
+    except _Stopped as stopped:
+        status = EXIT_SIGTERM if stopped.signum == signal.SIGTERM else EXIT_SIGINT
+    except KeyboardInterrupt:  # Ctrl-C before the handlers were in place
         pass
     finally:
         emulator.close()
-    print("emulator stopped", file=sys.stderr, flush=True)
-    return 0
+    print(f"emulator stopped (exit status {status})", file=sys.stderr, flush=True)
+    return status

@@ -1,6 +1,6 @@
 """Plausible generated payloads for ``strategy.signal`` and ``strategy.positions``.
 
-The real schemas are not public (PROTOCOL.md section 4); these are modelled on Collective2's
+The real schemas are not public (docs/protocol.md section 4); these are modelled on Collective2's
 REST v4 order and position records [assumed], about 500 bytes of JSON per message.
 """
 

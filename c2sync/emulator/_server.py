@@ -1,10 +1,10 @@
-"""The emulator: a real WebSocket server speaking PROTOCOL.md, on a background asyncio loop.
+"""The emulator: a real WebSocket server speaking docs/protocol.md, on a background asyncio loop.
 
 Everything that touches connections runs on the emulator's own event loop thread; public
 methods hand work to it (``run_coroutine_threadsafe``) and wait with a bound. Each connection
 has one writer task draining an ordered queue, so a replay, a ``gap`` and live signals are
 queued in one synchronous step on the loop and can neither interleave nor be lost
-(PROTOCOL.md section 7).
+(docs/protocol.md section 7).
 """
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ def _http_response(
 
 
 class Emulator:
-    """A local Collective2 API v4 WebSocket server for demos and tests (PROTOCOL.md).
+    """A local Collective2 API v4 WebSocket server for demos and tests (docs/protocol.md).
 
     It runs its own asyncio loop in a daemon thread; every method may be called from any
     thread. Use it as a context manager, or call :meth:`start` and :meth:`close`.

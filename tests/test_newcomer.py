@@ -1,0 +1,219 @@
+"""A newcomer's first hour: what a new user trips over first, each checked as they would
+meet it (issue 15)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from c2sync.emulator import Emulator
+
+from .conftest import API_KEY, STRATEGY, WAIT
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_BOUND = 30.0  # seconds a command may run; never reached when it works
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter, as a user's script would run."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=dict(os.environ, PYTHONUNBUFFERED="1", **env),
+        capture_output=True,
+        text=True,
+        timeout=RUN_BOUND,
+    )
+
+
+def test_library_prints_nothing_unless_logging_is_configured() -> None:
+    """README "Logging": a warning the library logs (a malformed frame) prints nothing on
+    stderr in a script that did not configure logging."""
+    result = run_python(
+        f"""
+        import c2sync
+        from c2sync.emulator import Emulator
+
+        with Emulator(api_keys={{"k"}}, strategies={{1}}) as emu:
+            with c2sync.connect("k", url=emu.url) as client:
+                emu.send_raw("this is not JSON")
+                emu.publish_signal(1)
+                client.subscribe(c2sync.SIGNAL, 1)
+                emu.publish_signal(1)
+                client.recv(timeout={WAIT})
+                assert client.stats.malformed == 1, client.stats
+        print("done")
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "done"
+    assert result.stderr == ""
+
+
+def test_cli_connect_timeout_says_what_timed_out_and_where() -> None:
+    """`c2sync check` against a host that never answers the TCP handshake says what timed
+    out and where, not "timed out: timed out"."""
+    # A listening socket whose accept queue is full: the kernel drops further SYNs, so a
+    # TCP connect times out exactly as against a black-holed host, all on loopback.
+    server = socket.socket()
+    fillers: list[socket.socket] = []
+    try:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+            fillers.append(filler)
+        url = f"ws://127.0.0.1:{port}/ws"
+        argv = ["check", "--url", url, "--api-key", "k", "--connect-timeout", "0.5"]
+        result = subprocess.run(
+            [sys.executable, "-m", "c2sync", *argv],
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            capture_output=True,
+            text=True,
+            timeout=RUN_BOUND,
+        )
+    finally:
+        for filler in fillers:
+            filler.close()
+        server.close()
+    assert result.returncode == 4, result.stderr  # EXIT_NETWORK
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1, line
+    assert f"timed out after 0.5 s connecting to {url}" in line, line
+    assert "timed out: timed out" not in line
+
+
+@pytest.mark.parametrize("argv", [["demo"], ["emulator"]])
+def test_demo_without_the_emulator_extra_names_the_checkout_install(argv: list[str]) -> None:
+    """`c2sync demo` (or `emulator`) after a plain `pip install .` says in one line to
+    install the `[emulator]` extra from the checkout: `pip install ".[emulator]"`."""
+    # websockets made unimportable, as in an environment without the extra.
+    result = run_python(
+        f"""
+        import sys
+        sys.modules["websockets"] = None
+        from c2sync import cli
+        sys.exit(cli.main({argv!r}))
+        """
+    )
+    assert result.returncode == 1, result.stderr
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and line.startswith("c2sync: "), line
+    assert 'pip install ".[emulator]"' in line
+    assert "Traceback" not in result.stderr
+
+
+def test_errors_and_gaps_says_why_a_resume_ahead_of_the_server_is_silent(
+    emulator: Emulator,
+) -> None:
+    """samples/errors_and_gaps.py --resume-from beyond the server's last seq_id explains at
+    once why nothing arrives, instead of waiting its timeout in silence."""
+    emulator.publish_signal(STRATEGY)  # the server's latest seq_id is 1
+    sample = str(ROOT / "samples" / "errors_and_gaps.py")
+    argv = [str(STRATEGY), "--resume-from", "100", "--timeout", str(RUN_BOUND)]
+    process = subprocess.Popen(
+        [sys.executable, sample, *argv],
+        env=dict(os.environ, C2_API_KEY=API_KEY, C2_WS_URL=emulator.url, PYTHONUNBUFFERED="1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        lines: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(
+            target=lambda: [lines.put(line) for line in process.stderr or ()], daemon=True
+        )
+        reader.start()
+        # Well before the sample's own timeout (RUN_BOUND), stderr says why it is quiet.
+        note = lines.get(timeout=WAIT)
+        assert "after seq_id 100" in note and "nothing arrives" in note, note
+    finally:
+        process.kill()
+        process.wait(WAIT)
+
+
+def test_emulator_port_in_use_is_one_line() -> None:
+    """`c2sync emulator --port N` with N taken: one line naming the port and what to do,
+    exit 1, no traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "c2sync", "emulator", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=RUN_BOUND,
+        )
+    assert result.returncode == 1
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1, line
+    assert line.startswith("c2sync emulator: error: "), line
+    assert f"port {port} on 127.0.0.1 is already in use" in line and "--port 0" in line
+
+
+def test_short_version_flag() -> None:
+    """`c2sync -V` prints the version, like `c2sync --version`."""
+    import c2sync
+
+    for flag in ("-V", "--version"):
+        result = subprocess.run(
+            [sys.executable, "-m", "c2sync", flag],
+            capture_output=True,
+            text=True,
+            timeout=RUN_BOUND,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == f"c2sync {c2sync.__version__}"
+
+
+def test_help_on_connect_documents_every_parameter() -> None:
+    """`help(c2sync.connect)` documents each of its parameters in an Args section, so a
+    user at the REPL need not open the Client class to learn what connect() takes."""
+    import inspect
+    import pydoc
+
+    import c2sync
+
+    text = pydoc.render_doc(c2sync.connect, renderer=pydoc.plaintext)
+    doc = inspect.getdoc(c2sync.connect) or ""
+    assert "Args:" in doc
+    args = doc.split("Args:", 1)[1]
+    for name in inspect.signature(c2sync.connect).parameters:
+        assert f"    {name}:" in args, f"{name} is not documented in connect()'s Args"
+        assert name in text
+
+
+def test_package_metadata_is_complete() -> None:
+    """The package index page shows who wrote it, where its docs are, what it is for and
+    the README: setup.cfg carries author, URLs, classifiers, keywords, long description,
+    and a `docs` extra with lower bounds."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg", encoding="utf-8")
+    metadata = config["metadata"]
+    for field in ("author", "keywords", "project_urls", "classifiers", "long_description"):
+        assert metadata.get(field, "").strip(), f"setup.cfg [metadata] has no {field}"
+    assert metadata["long_description"].strip() == "file: README.rst"
+    assert "Documentation" in metadata["project_urls"]
+    classifiers = metadata["classifiers"].split("\n")
+    assert any(c.startswith("License :: ") for c in classifiers)
+    assert any(c.startswith("Development Status :: ") for c in classifiers)
+    docs = [line.strip() for line in config["options.extras_require"]["docs"].split("\n")]
+    names = {line.split(">=")[0] for line in docs if line}
+    assert names == {"sphinx", "furo", "myst-parser", "websockets"}  # the emulator's pages
+    assert all(">=" in line for line in docs if line)
