@@ -17,7 +17,9 @@ RSV bits must be clear. Text messages come back as ``str``, binary ones as ``byt
 message that is not valid UTF-8 comes back as :class:`InvalidText` (a ``bytes`` subclass),
 for the caller to report as malformed and skip: the library's documented deviation from
 RFC 6455 §8.1 (API.md "Receiving"); a caller that wants the RFC's behaviour closes with
-1007 when it sees one. A close frame ends the reader: it is kept in
+1007 when it sees one. In a fragmented text message the fault is reported as soon as a
+fragment shows it (the bytes received so far, as ``InvalidText``), and the message's other
+fragments are skipped. A close frame ends the reader: it is kept in
 :attr:`FrameReader.close_frame`.
 
 Errors: a frame RFC 6455 forbids, or a message beyond ``max_size``, raises
@@ -42,6 +44,7 @@ frame is consumed only once it is complete.
 
 from __future__ import annotations
 
+import codecs
 import socket
 from collections.abc import Callable
 from typing import Any, Final
@@ -61,6 +64,8 @@ __all__ = [
 DEFAULT_MAX_SIZE: Final = 16 * 1024 * 1024  # bytes in one message (API.md max_message_size)
 FRAME_OVERHEAD: Final = 64  # bytes charged per frame of a fragmented message after the first
 _READ_SIZE: Final = 256 * 1024  # bytes asked of one recv_into
+
+_UTF8_DECODER: Final = codecs.getincrementaldecoder("utf-8")
 
 _OP_CONT: Final = 0x0
 _OP_TEXT: Final = 0x1
@@ -190,6 +195,9 @@ class FrameReader:
         self._message: bytearray | None = None  # a fragmented message in progress
         self._message_opcode = 0
         self._charged = 0  # its payload plus FRAME_OVERHEAD per frame after the first
+        # Checks a fragmented text message's UTF-8 fragment by fragment; None for binary,
+        # and once the message has been found invalid (its other fragments are skipped).
+        self._utf8: codecs.IncrementalDecoder | None = None
         self._done = False
         self._error: BaseException | None = None  # raised by the next read
         self.close_frame: CloseFrame | None = None
@@ -414,12 +422,20 @@ class FrameReader:
         if opcode == _OP_CONT:
             if message is None:
                 raise _protocol_error("a continuation frame without a message to continue")
-            message += payload
             self._charged += len(payload) + FRAME_OVERHEAD
+            if self._message_opcode == _OP_TEXT and self._utf8 is None:
+                pass  # already reported as invalid text: skipped, charged all the same
+            else:
+                message += payload
+                if not fin:
+                    self._check_utf8(payload, out)
             if not fin:
                 return
             opcode = self._message_opcode
             self._message = None
+            if opcode == _OP_TEXT and self._utf8 is None:
+                return
+            self._utf8 = None
         elif opcode in (_OP_TEXT, _OP_BINARY):
             if message is not None:
                 raise _protocol_error("a new message began inside a fragmented one")
@@ -427,6 +443,9 @@ class FrameReader:
                 self._message = bytearray(payload)
                 self._message_opcode = opcode
                 self._charged = len(payload)
+                if opcode == _OP_TEXT:
+                    self._utf8 = _UTF8_DECODER()
+                    self._check_utf8(payload, out)
                 return
             out.append(bytes(payload))  # a whole binary frame
             return
@@ -439,6 +458,22 @@ class FrameReader:
                 out.append(InvalidText(message))
             return
         out.append(bytes(message))
+
+    def _check_utf8(self, payload: memoryview, out: list[str | bytes]) -> None:
+        """Report a fragmented text message as :class:`InvalidText` as soon as a fragment
+        shows it is not UTF-8 (RFC 6455 8.1 fails the connection at once; a caller can), and
+        skip the rest of it. The whole message is decoded once more at its end: this check
+        costs fragmented text a second decode, never whole frames."""
+        utf8 = self._utf8
+        if utf8 is None:
+            return
+        try:
+            utf8.decode(payload, False)
+        except UnicodeDecodeError:
+            assert self._message is not None
+            out.append(InvalidText(self._message))
+            self._message.clear()  # nothing more is kept of it
+            self._utf8 = None
 
 
 def _read_close(payload: bytes) -> CloseFrame:

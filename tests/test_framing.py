@@ -296,6 +296,32 @@ def test_utf8_split_across_fragments(pair: tuple[socket.socket, socket.socket]) 
     assert FrameReader(client, Pongs()).read() == ["é"]
 
 
+def test_invalid_utf8_reported_at_the_first_bad_fragment(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """A fragmented text message is reported as InvalidText as soon as a fragment is not
+    UTF-8, before the rest has come (so a caller can fail fast); its other fragments are
+    skipped, and the next message reads normally."""
+    client, server = pair
+    server.sendall(frame(TEXT, "κόσμε", fin=False) + frame(CONT, b"\xce\xba\xf4\x90", fin=False))
+    reader = FrameReader(client, Pongs())
+    got = reader.read()
+    assert got == ["κόσμε".encode() + b"\xce\xba\xf4\x90"]
+    assert type(got[0]) is InvalidText
+    server.sendall(frame(CONT, b"more", fin=False) + frame(CONT, b"end") + frame(TEXT, "next"))
+    assert reader.read() == ["next"]
+
+
+def test_skipped_fragments_are_still_charged() -> None:
+    """Fragments skipped after an invalid one still count toward max_size (no free flood)."""
+    stream = frame(TEXT, b"\xff", fin=False) + frame(CONT, b"", fin=False) * 100
+    reader = FrameReader(ChunkedSocket([stream]), Pongs(), max_size=1000)  # type: ignore[arg-type]
+    assert reader.read() == [b"\xff"]
+    with pytest.raises(FrameError) as info:
+        reader.read()
+    assert info.value.close_code == 1009
+
+
 def raises_frame_error(stream: bytes, **options: Any) -> FrameError:
     """The FrameError a reader raises on ``stream`` (fed in one read, then EOF)."""
     reader = FrameReader(ChunkedSocket([stream]), Pongs(), **options)  # type: ignore[arg-type]
