@@ -30,7 +30,7 @@ from urllib.parse import unquote, urlsplit
 
 import websocket
 
-from ._framing import CloseFrame, FrameReader, parse_close
+from ._framing import CloseFrame, FrameError, FrameReader, parse_close
 from ._options import Options
 from ._spec import AUTH_HEADER, CLOSE_NORMAL
 from .exceptions import (
@@ -163,7 +163,7 @@ class Link:
             check_websocket_client(ws)
             # From here this thread owns every read, so it reads ahead and parses frames
             # itself, one recv_into for many frames (docs/websocket-client-facts.md).
-            self._reader = FrameReader.from_websocket(ws)
+            self._reader = FrameReader.from_websocket(ws, max_size=options.max_message_size)
         except BaseException:
             self.release()
             raise
@@ -224,6 +224,12 @@ class Link:
             raise ConnectionClosed(None, "", "the link is not open")
         try:
             texts = reader.read()
+        except FrameError as exc:
+            # RFC 6455 7.1.7: fail the connection, with the code the violation calls for
+            # (1002, or 1009 for a message over max_message_size).
+            logger.warning("closing with %d: %s", exc.close_code, exc.reason)
+            self.send_close(exc.close_code, exc.reason)
+            raise ConnectionClosed(exc.close_code, exc.reason, f"closed: {exc.reason}") from exc
         except (websocket.WebSocketException, OSError) as exc:
             why = str(exc) or type(exc).__name__
             raise ConnectionClosed(None, "", f"connection lost: {why}") from exc

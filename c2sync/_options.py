@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from ._framing import DEFAULT_MAX_SIZE
 from ._spec import DEFAULT_URL, HEARTBEAT_TIMEOUT
 from .checkpoint import Checkpoint, FileCheckpoint
 from .reconnect import ReconnectPolicy
@@ -39,6 +40,7 @@ class Options:
         checkpoint: the checkpoint store, or None.
         proxy: ``"http://[user:pass@]host:port"`` or None.
         ssl_context: an ``ssl.SSLContext`` or None (the default verifying one).
+        max_message_size: the largest message accepted, in bytes (all its fragments).
         link_factory: builds the link for each connection attempt (a test seam; None: the
             real WebSocket link).
     """
@@ -53,6 +55,7 @@ class Options:
     checkpoint: Checkpoint | None = None
     proxy: str | None = attrs.field(default=None, repr=False)
     ssl_context: Any = None
+    max_message_size: int = DEFAULT_MAX_SIZE
     link_factory: Callable[[Options], Any] | None = attrs.field(default=None, repr=False)
 
     @property
@@ -74,6 +77,7 @@ class Options:
         proxy: str | None = None,
         ssl_context: Any = None,
         reconnect_policy: ReconnectPolicy | None = None,
+        max_message_size: int = DEFAULT_MAX_SIZE,
         link_factory: Callable[[Options], Any] | None = None,
     ) -> Options:
         """Check the user's arguments and build the value.
@@ -105,6 +109,8 @@ class Options:
             store = FileCheckpoint(checkpoint)
         else:
             raise TypeError("checkpoint must be a path or an object with load() and save()")
+        if type(max_message_size) is not int or max_message_size < 1:
+            raise ValueError("max_message_size must be a positive int (bytes)")
         if link_factory is not None and not callable(link_factory):
             raise TypeError("link_factory must be callable")
         return cls(
@@ -118,5 +124,6 @@ class Options:
             checkpoint=store,
             proxy=proxy,
             ssl_context=ssl_context,
+            max_message_size=max_message_size,
             link_factory=link_factory,
         )

@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from ._dispatcher import Handle
+from ._framing import DEFAULT_MAX_SIZE
 from ._lifecycle import State
 from ._options import Options
 from ._reader import Stats
@@ -66,6 +67,8 @@ class Client:
         ssl_context: an :class:`ssl.SSLContext` (custom CA bundles); verification stays on
             by default.
         reconnect_policy: the backoff and retry rules (None: the defaults).
+        max_message_size: the largest message accepted, in bytes, all its fragments
+            counted (16 MiB); a bigger one ends that connection with close 1009.
         link_factory: builds the link of each connection attempt from the options; a seam
             for tests (None: the real WebSocket link). Not covered by compatibility.
 
@@ -87,6 +90,7 @@ class Client:
         proxy: str | None = None,
         ssl_context: Any = None,
         reconnect_policy: ReconnectPolicy | None = None,
+        max_message_size: int = DEFAULT_MAX_SIZE,
         link_factory: Callable[[Options], Any] | None = None,
     ) -> None:
         options = Options.create(
@@ -100,6 +104,7 @@ class Client:
             proxy=proxy,
             ssl_context=ssl_context,
             reconnect_policy=reconnect_policy,
+            max_message_size=max_message_size,
             link_factory=link_factory,
         )
         self._session = Session(options)
@@ -352,6 +357,8 @@ def connect(api_key: str | None = None, **options: Any) -> Client:
             stay on.
         reconnect_policy: the backoff and retry rules (None: :class:`ReconnectPolicy`'s
             defaults).
+        max_message_size: the largest message accepted, in bytes, all its fragments
+            counted (16 MiB); a bigger one ends that connection with close 1009.
         link_factory: builds the link of each connection attempt from the options; a seam
             for tests (None: the real WebSocket link). Not covered by compatibility.
 

@@ -743,7 +743,8 @@ def test_close_is_idempotent_bounded_and_final() -> None:
 
 
 def test_command_line_serves_publishes_and_stops_on_ctrl_c() -> None:
-    """`python -m c2sync.emulator` prints its URL, publishes signals, exits 0 on Ctrl-C."""
+    """`python -m c2sync.emulator` prints its URL, publishes signals, exits 130 on Ctrl-C
+    (the shell's convention for SIGINT, as docs/cli.md says)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "c2sync.emulator", "--port", "0", "--api-key", KEY]
     command += ["--strategy", str(OTHER), "--signal-every", "0.05"]
@@ -760,7 +761,7 @@ def test_command_line_serves_publishes_and_stops_on_ctrl_c() -> None:
             assert message["msg_type"] == "strategy.signal"
             assert message["payload"]["StrategyId"] == OTHER
             process.send_signal(signal.SIGINT)
-            assert process.wait(WAIT) == 0
+            assert process.wait(WAIT) == 130
         finally:
             process.kill()
 

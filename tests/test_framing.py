@@ -6,13 +6,21 @@ import socket
 import struct
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import websocket
 
-from c2sync._framing import CloseFrame, FrameReader
+from c2sync._framing import (
+    DEFAULT_MAX_SIZE,
+    FRAME_OVERHEAD,
+    CloseFrame,
+    FrameError,
+    FrameReader,
+    InvalidText,
+)
 
 TEXT, BINARY, CONT, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
 WAIT = 5.0  # seconds any blocking step may take before a test fails
@@ -265,15 +273,19 @@ def test_shutdown_from_another_thread_wakes_the_reader(
 
 
 def test_invalid_utf8_text_stays_bytes(pair: tuple[socket.socket, socket.socket]) -> None:
-    """A text frame that is not UTF-8 comes back as bytes (the client reports it malformed)."""
+    """A text message that is not UTF-8 comes back as InvalidText bytes (the client skips
+    it as malformed), told apart from a binary message; the connection goes on."""
     client, server = pair
     server.sendall(
         frame(TEXT, b"\xff\xfe bad")
         + frame(TEXT, b"\xc3", fin=False)
         + frame(CONT, b"\x28")
+        + frame(BINARY, b"\xff")
         + frame(TEXT, "fine")
     )
-    assert read_all(FrameReader(client, Pongs()), 3) == [b"\xff\xfe bad", b"\xc3\x28", "fine"]
+    got = read_all(FrameReader(client, Pongs()), 4)
+    assert got == [b"\xff\xfe bad", b"\xc3\x28", b"\xff", "fine"]
+    assert [type(m) for m in got] == [InvalidText, InvalidText, bytes, str]
 
 
 def test_utf8_split_across_fragments(pair: tuple[socket.socket, socket.socket]) -> None:
@@ -284,42 +296,213 @@ def test_utf8_split_across_fragments(pair: tuple[socket.socket, socket.socket]) 
     assert FrameReader(client, Pongs()).read() == ["é"]
 
 
+def test_invalid_utf8_reported_at_the_first_bad_fragment(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """A fragmented text message is reported as InvalidText as soon as a fragment is not
+    UTF-8, before the rest has come (so a caller can fail fast); its other fragments are
+    skipped, and the next message reads normally."""
+    client, server = pair
+    server.sendall(frame(TEXT, "κόσμε", fin=False) + frame(CONT, b"\xce\xba\xf4\x90", fin=False))
+    reader = FrameReader(client, Pongs())
+    got = reader.read()
+    assert got == ["κόσμε".encode() + b"\xce\xba\xf4\x90"]
+    assert type(got[0]) is InvalidText
+    server.sendall(frame(CONT, b"more", fin=False) + frame(CONT, b"end") + frame(TEXT, "next"))
+    assert reader.read() == ["next"]
+
+
+def test_skipped_fragments_are_still_charged() -> None:
+    """Fragments skipped after an invalid one still count toward max_size (no free flood)."""
+    stream = frame(TEXT, b"\xff", fin=False) + frame(CONT, b"", fin=False) * 100
+    reader = FrameReader(ChunkedSocket([stream]), Pongs(), max_size=1000)  # type: ignore[arg-type]
+    assert reader.read() == [b"\xff"]
+    with pytest.raises(FrameError) as info:
+        reader.read()
+    assert info.value.close_code == 1009
+
+
+def raises_frame_error(stream: bytes, **options: Any) -> FrameError:
+    """The FrameError a reader raises on ``stream`` (fed in one read, then EOF)."""
+    reader = FrameReader(ChunkedSocket([stream]), Pongs(), **options)  # type: ignore[arg-type]
+    with pytest.raises(FrameError) as info:
+        read_all(reader, 10)
+    return info.value
+
+
+def close_body(code: int, reason: bytes = b"") -> bytes:
+    return struct.pack("!H", code) + reason
+
+
 @pytest.mark.parametrize(
     "stream",
     [
         pytest.param(frame(TEXT, "m", mask=True), id="masked"),
         pytest.param(frame(TEXT, "r", rsv=4), id="rsv1"),
+        pytest.param(frame(TEXT, "r", rsv=2), id="rsv2"),
+        pytest.param(frame(BINARY, "r", rsv=1), id="rsv3"),
+        pytest.param(frame(PING, "r", rsv=7), id="rsv-on-control"),
         pytest.param(frame(CONT, "orphan"), id="continuation-without-start"),
         pytest.param(frame(TEXT, "a", fin=False) + frame(TEXT, "b"), id="new-message-inside"),
+        pytest.param(
+            frame(BINARY, "a", fin=False) + frame(BINARY, "b", fin=False), id="new-fragmented"
+        ),
         pytest.param(frame(PING, b"x" * 126), id="long-control"),
         pytest.param(frame(PING, b"x", fin=False), id="fragmented-control"),
+        pytest.param(frame(CLOSE, b"x" * 126), id="long-close"),
         pytest.param(frame(0x3, b"x"), id="reserved-data-opcode"),
+        pytest.param(frame(0x7, b""), id="reserved-data-opcode-7"),
         pytest.param(frame(0xB, b"x"), id="reserved-control-opcode"),
+        pytest.param(frame(0xF, b""), id="reserved-control-opcode-f"),
         pytest.param(b"\x81\xff" + b"\x80" + b"\x00" * 7, id="64-bit-length-msb"),
+        pytest.param(frame(CLOSE, b"\x03"), id="close-1-byte-body"),
     ],
 )
-def test_protocol_errors(pair: tuple[socket.socket, socket.socket], stream: bytes) -> None:
-    """Frames RFC 6455 forbids from a server raise WebSocketProtocolException."""
-    client, server = pair
-    server.sendall(stream)
-    with pytest.raises(websocket.WebSocketProtocolException):
-        read_all(FrameReader(client, Pongs()), 2)
+def test_protocol_errors(stream: bytes) -> None:
+    """Frames RFC 6455 forbids from a server raise FrameError asking for a 1002 close (a
+    WebSocketProtocolException, which the client already treats as a lost connection)."""
+    error = raises_frame_error(stream)
+    assert error.close_code == 1002
+    assert error.reason
+    assert isinstance(error, websocket.WebSocketProtocolException)
 
 
-def test_max_size(pair: tuple[socket.socket, socket.socket]) -> None:
-    """A frame, or a fragmented message, beyond max_size raises before it is buffered."""
-    client, server = pair
-    server.sendall(frame(TEXT, "x" * 101))
-    with pytest.raises(websocket.WebSocketPayloadException):
-        FrameReader(client, Pongs(), max_size=100).read()
-    stream = frame(TEXT, "x" * 60, fin=False) + frame(CONT, "x" * 60)
-    reader = FrameReader(ChunkedSocket([stream]), Pongs(), max_size=100)  # type: ignore[arg-type]
-    with pytest.raises(websocket.WebSocketPayloadException):
+@pytest.mark.parametrize(
+    "code", [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535]
+)
+def test_forbidden_close_codes(code: int) -> None:
+    """A close code RFC 6455 forbids on the wire (reserved, unassigned, out of range) is a
+    protocol error: 1002."""
+    error = raises_frame_error(frame(CLOSE, close_body(code)))
+    assert error.close_code == 1002
+    assert str(code) in error.reason
+
+
+@pytest.mark.parametrize(
+    "code", [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999]
+)
+def test_allowed_close_codes(code: int) -> None:
+    """Every close code a peer may send ends the reader with that code and its reason."""
+    reader = FrameReader(ChunkedSocket([frame(CLOSE, close_body(code, b"ok"))]), Pongs())  # type: ignore[arg-type]
+    assert reader.read() == []
+    assert reader.close_frame == CloseFrame(code, "ok")
+
+
+def test_close_reason_not_utf8() -> None:
+    """A close reason that is not UTF-8 asks for a 1007 close (RFC 6455 8.1)."""
+    error = raises_frame_error(frame(CLOSE, close_body(1000, b"\xce\xba\xe1\xbd")))
+    assert error.close_code == 1007
+
+
+def test_frame_error_after_good_messages_and_then_closed() -> None:
+    """Messages before a faulty frame are handed out; the next read raises the FrameError
+    once; the reader is finished after it."""
+    stream = frame(TEXT, "one") + frame(TEXT, "two") + frame(0x3, b"") + frame(TEXT, "never")
+    reader = FrameReader(ChunkedSocket([stream]), Pongs())  # type: ignore[arg-type]
+    assert reader.read() == ["one", "two"]
+    with pytest.raises(FrameError) as info:
         reader.read()
-    # A 64-bit length far beyond the limit fails at once, without waiting for the payload.
-    huge = FrameReader(ChunkedSocket([b"\x81\x7f" + struct.pack("!Q", 1 << 40)]), Pongs())  # type: ignore[arg-type]
-    with pytest.raises(websocket.WebSocketPayloadException):
-        huge.read()
+    assert info.value.close_code == 1002
+    with pytest.raises(websocket.WebSocketConnectionClosedException):
+        reader.read()
+
+
+def test_default_max_size_is_16_mib() -> None:
+    """The default limit is API.md's max_message_size default."""
+    assert DEFAULT_MAX_SIZE == 16 * 2**20
+
+
+def test_max_size_exact_and_one_over() -> None:
+    """A message of exactly max_size is accepted, text or binary; one byte more asks for a
+    1009 close."""
+    exact = frame(TEXT, "x" * 100) + frame(BINARY, b"y" * 100)
+    reader = FrameReader(ChunkedSocket([exact]), Pongs(), max_size=100)  # type: ignore[arg-type]
+    assert reader.read() == ["x" * 100, b"y" * 100]
+    for opcode in (TEXT, BINARY):
+        error = raises_frame_error(frame(opcode, b"x" * 101), max_size=100)
+        assert error.close_code == 1009
+    fragmented = frame(TEXT, "x" * 60, fin=False) + frame(CONT, "x" * 60)
+    assert raises_frame_error(fragmented, max_size=100).close_code == 1009
+
+
+def test_oversized_frame_refused_from_its_header() -> None:
+    """A length far beyond the limit fails at once, without waiting for (or buffering) the
+    payload: first frame, or a continuation."""
+    huge = b"\x81\x7f" + struct.pack("!Q", 1 << 40)
+    assert raises_frame_error(huge).close_code == 1009
+    cont = frame(BINARY, b"ab", fin=False) + b"\x80\x7f" + struct.pack("!Q", 1 << 40)
+    assert raises_frame_error(cont).close_code == 1009
+    # A protocol error stays one whatever the announced length.
+    orphan = b"\x80\x7f" + struct.pack("!Q", 1 << 40)
+    assert raises_frame_error(orphan).close_code == 1002
+    inside = frame(TEXT, b"a", fin=False) + b"\x82\x7f" + struct.pack("!Q", 1 << 40)
+    assert raises_frame_error(inside).close_code == 1002
+
+
+def test_message_just_over_the_limit_in_many_fragments() -> None:
+    """A message over the limit by one byte, counting every fragment's overhead, is refused
+    with 1009; one byte less is accepted."""
+    max_size = 10_000
+    pieces = 50  # the first fragment is charged its payload only
+    room = max_size - (pieces - 1) * FRAME_OVERHEAD
+    for extra, ok in ((0, True), (1, False)):
+        sizes = [room // pieces] * (pieces - 1)
+        sizes.append(room - sum(sizes) + extra)
+        stream = frame(BINARY, b"a" * sizes[0], fin=False)
+        for i, size in enumerate(sizes[1:], 2):
+            stream += frame(CONT, b"a" * size, fin=i == pieces)
+        if ok:
+            reader = FrameReader(ChunkedSocket([stream]), Pongs(), max_size=max_size)  # type: ignore[arg-type]
+            assert reader.read() == [b"a" * room]
+        else:
+            assert raises_frame_error(stream, max_size=max_size).close_code == 1009
+
+
+def test_empty_continuation_frames_are_charged() -> None:
+    """A stream of empty continuation frames is refused once their overhead passes the
+    limit, although it carries no payload at all."""
+    max_size = 1000
+    allowed = max_size // FRAME_OVERHEAD  # empty continuations that fit
+    stream = frame(TEXT, b"", fin=False) + frame(CONT, b"", fin=False) * (allowed - 1)
+    ok = stream + frame(CONT, b"")
+    reader = FrameReader(ChunkedSocket([ok]), Pongs(), max_size=max_size)  # type: ignore[arg-type]
+    assert reader.read() == [""]
+    endless = stream + frame(CONT, b"", fin=False) * 10_000
+    assert raises_frame_error(endless, max_size=max_size).close_code == 1009
+
+
+def test_control_frames_inside_a_full_message_are_not_charged() -> None:
+    """A ping between fragments of a message close to the limit is still answered, and the
+    message still accepted."""
+    max_size = 300
+    pongs = Pongs()
+    stream = (
+        frame(BINARY, b"a" * 200, fin=False)
+        + frame(PING, b"p" * 125)
+        + frame(CONT, b"b" * (max_size - 200 - FRAME_OVERHEAD))
+    )
+    reader = FrameReader(ChunkedSocket([stream]), pongs, max_size=max_size)  # type: ignore[arg-type]
+    assert reader.read() == [b"a" * 200 + b"b" * (max_size - 200 - FRAME_OVERHEAD)]
+    assert pongs.sent == [b"p" * 125]
+
+
+def test_one_byte_fragments_use_bounded_memory() -> None:
+    """A message in 1-byte fragments within the limit is accepted, and reading it costs a
+    small multiple of its size (not ~100 bytes per fragment)."""
+    count = 20_000
+    max_size = count * (1 + FRAME_OVERHEAD)
+    stream = frame(TEXT, b"z", fin=False) + frame(CONT, b"z", fin=False) * (count - 2)
+    stream += frame(CONT, b"z")
+    source = ChunkedSocket([stream])
+    reader = FrameReader(source, Pongs(), max_size=max_size, read_size=len(stream))  # type: ignore[arg-type]
+    tracemalloc.start()
+    try:
+        got = reader.read()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert got == ["z" * count]
+    assert peak < 8 * count, peak  # a list of 1-byte bytes objects would take ~40x count
 
 
 def test_buffer_shrinks_after_a_huge_message() -> None:
