@@ -10,7 +10,7 @@ import threading
 from collections.abc import Sequence
 
 from .._spec import HEARTBEAT_GRACE, HEARTBEAT_INTERVAL
-from ._server import Emulator
+from ._emulator import Emulator
 
 __all__ = ["main"]
 
