@@ -17,8 +17,6 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._spec import (
-    CLOSE_NORMAL,
-    CLOSE_POLICY_VIOLATION,
     HEARTBEAT_GRACE,
     HEARTBEAT_INTERVAL,
     MAX_CONNECTIONS_PER_KEY,
@@ -27,9 +25,9 @@ from .._spec import (
     TIMESTAMP_WINDOW,
 )
 from ..codec import validate_strategy_id
-from ._gate import forced_refusal
+from ._knobs import FaultKnobs
 from ._records import ConnectionRecord
-from ._server import EmulatorServer, check_close
+from ._server import EmulatorServer
 from ._settings import Settings
 
 __all__ = ["Emulator"]
@@ -138,7 +136,9 @@ class _LoopThread:
                 loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
-class Emulator:
+
+
+class Emulator(FaultKnobs):
     """A local Collective2 API v4 WebSocket server for demos and tests (PROTOCOL.md).
 
     It runs its own asyncio loop in a daemon thread; every method may be called from any
@@ -375,111 +375,3 @@ class Emulator:
     def _check_strategy(self, strategy_id: int) -> None:
         if strategy_id not in self._server.settings.strategies:
             raise ValueError(f"strategy {strategy_id!r} is not one of the emulator's")
-
-    # -- fault knobs -------------------------------------------------------------------
-
-    def drop(self, connection: int | None = None) -> int:
-        """Cut connections abruptly: abort the TCP transport, no close frame.
-
-        Returns:
-            How many connections were cut.
-        """
-        return self._call(lambda: self._server.drop(connection))
-
-    def close_connections(
-        self, code: int = CLOSE_NORMAL, reason: str = "", connection: int | None = None
-    ) -> int:
-        """Close connections with a close frame carrying ``code`` and ``reason``.
-
-        The close frame goes after any frames already queued for the connection (a
-        published signal, say), so those are delivered first; a stalled connection closes
-        once unstalled.
-
-        Returns:
-            How many connections were told to close.
-
-        Raises:
-            ValueError: the code is not one a close frame may carry, or the reason is too
-                long.
-        """
-        check_close(code, reason)
-        return self._call(lambda: self._server.close_connections(code, reason, connection))
-
-    def send_raw(self, frame: str | bytes, connection: int | None = None) -> int:
-        """Send an arbitrary frame: a ``str`` as a text frame, ``bytes`` as a binary one.
-
-        Returns:
-            How many connections it was queued to.
-        """
-        if not isinstance(frame, (str, bytes)):
-            raise TypeError("frame must be str or bytes")
-        return self._call(lambda: self._server.send_to(frame, connection))
-
-    def stop_heartbeats(self) -> None:
-        """Stop sending heartbeats, to every connection, new ones included.
-
-        While heartbeats are off the emulator does not enforce the ack deadline either
-        (there is nothing to acknowledge).
-        """
-        self._call(lambda: self._server.set_heartbeats(False))
-
-    def resume_heartbeats(self) -> None:
-        """Send heartbeats again; each connection's ack deadline restarts from now."""
-        self._call(lambda: self._server.set_heartbeats(True))
-
-    def stall(self, connection: int | None = None) -> int:
-        """Stop answering on open connections: stop reading, writing and heartbeats.
-
-        Nothing is answered, not even a close frame or a TCP EOF; frames queued meanwhile
-        wait. Connections accepted later are not stalled.
-
-        Returns:
-            How many connections were stalled.
-        """
-        return self._call(lambda: self._server.stall(connection))
-
-    def unstall(self, connection: int | None = None) -> int:
-        """Undo :meth:`stall`: read, write and send heartbeats again; the ack deadline
-        restarts from now.
-
-        Returns:
-            How many connections were resumed.
-        """
-        return self._call(lambda: self._server.unstall(connection))
-
-    def refuse_next(
-        self,
-        count: int = 1,
-        status: int = 429,
-        *,
-        headers: Mapping[str, str] | None = None,
-        body: str | bytes | None = None,
-    ) -> None:
-        """Refuse the next ``count`` upgrade requests with an HTTP error (section 2).
-
-        Args:
-            count: how many requests to refuse.
-            status: the HTTP status.
-            headers: extra or replacing response headers (``{"Retry-After": "2"}``).
-            body: the response body; None gives section 2's JSON body for the status
-                (429 ``RATE_LIMITED``, 503 ``SERVICE_UNAVAILABLE``, 401 ``UNAUTHORIZED``).
-        """
-        data = body.encode() if isinstance(body, str) else body
-        refusal = forced_refusal(status, headers, data)
-        self._call(lambda: self._server.refuse_next(refusal, count))
-
-    def accept_then_close(
-        self, count: int = 1, code: int = CLOSE_POLICY_VIOLATION, reason: str = ""
-    ) -> None:
-        """Upgrade the next ``count`` connections, then close each at once with ``code``,
-        sending nothing before (section 2's race: 1008 and no ``error`` message)."""
-        check_close(code, reason)
-        self._call(lambda: self._server.accept_then_close(code, reason, count))
-
-    def override_first_message(self, frame: str | bytes | None, count: int = 1) -> None:
-        """Open the next ``count`` connections with ``frame`` instead of
-        ``connection.connected`` (None: send no first message at all).
-
-        Heartbeats and everything else then go on as usual.
-        """
-        self._call(lambda: self._server.override_first_message(frame, count))

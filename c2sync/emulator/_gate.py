@@ -37,8 +37,6 @@ REFUSALS: dict[int, tuple[str, str]] = {
 }
 
 
-
-
 @attrs.frozen
 class Refusal:
     """An upgrade answered with an HTTP error instead of 101 (section 2).

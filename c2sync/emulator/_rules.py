@@ -59,6 +59,7 @@ Detail = dict[str, Any]
 # A subscription: (channel, strategy_id), one per pair (section 6).
 Pair = tuple[str, int]
 
+
 def detail(field: str | None, message: str, code: str = CODE_INVALID_PARAMETER) -> Detail:
     """One error detail; ``field`` left out when None (section 8)."""
     item: Detail = {"code": code}
