@@ -1,4 +1,4 @@
-"""The emulator against the written protocol (PROTOCOL.md), driven by independent clients.
+"""The emulator against the written protocol (docs/protocol.md), driven by independent clients.
 
 Clients here are websockets' own sync client, the docs' asyncio example, and curl: never
 c2sync's client, so the emulator is checked against the protocol, not against itself.
@@ -157,7 +157,7 @@ def curl(url: str, key: str) -> str:
     return done.stdout.decode("utf-8", "replace")
 
 
-# -- handshake (PROTOCOL.md sections 1-2) -------------------------------------------------
+# -- handshake (docs/protocol.md sections 1-2) -------------------------------------------------
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")

@@ -408,7 +408,7 @@ def test_frame_error_after_good_messages_and_then_closed() -> None:
 
 
 def test_default_max_size_is_16_mib() -> None:
-    """The default limit is API.md's max_message_size default."""
+    """The default limit is docs/api-contract.md's max_message_size default."""
     assert DEFAULT_MAX_SIZE == 16 * 2**20
 
 

@@ -138,10 +138,10 @@ def _send_text_bytes(emulator: Emulator, data: bytes) -> None:
     emulator's loop, on every open connection, finished before this returns."""
 
     async def send() -> None:
-        for session in list(emulator._open.values()):
+        for session in list(emulator._server._open.values()):
             await session.ws.send(data, text=True)
 
-    loop = emulator._loop
+    loop = emulator._runner.loop
     assert loop is not None
     asyncio.run_coroutine_threadsafe(send(), loop).result(WAIT)
 

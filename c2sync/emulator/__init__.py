@@ -24,13 +24,13 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     ) from exc
 
 from ._cli import main
+from ._emulator import Emulator
 from ._records import (
     ConnectionRecord,
     HeartbeatRecord,
     ReceivedFrame,
     SubscriptionRequestRecord,
 )
-from ._server import Emulator
 
 __all__ = [
     "ConnectionRecord",

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .._spec import HEARTBEAT_GRACE, HEARTBEAT_INTERVAL
-from ._server import Emulator
+from ._emulator import Emulator
 
 __all__ = ["main"]
 
