@@ -366,3 +366,34 @@ def test_pure_core_imports_no_io(module: str) -> None:
     assert relative_imports(source) <= set(PURE_MODULES), (
         f"c2sync.{module} imports a non-core sibling: {relative_imports(source)}"
     )
+
+
+ROOMS = [
+    "_dispatcher",
+    "_framing",
+    "_inbox",
+    "_lifecycle",
+    "_link",
+    "_options",
+    "_pending",
+    "_reader",
+    "_watchdog",
+]
+
+
+@pytest.mark.parametrize("module", [*ROOMS, "_session"])
+def test_rooms_never_import_the_rooms_above_them(module: str) -> None:
+    """Arrows point down only (docs/design.md): no room imports the session or Client, and
+    the session does not import Client, so no room can reach back up through them."""
+    source = (PACKAGE_DIR / f"{module}.py").read_text(encoding="utf-8")
+    above = {"client", "cli", "_demo"} | ({"_session"} if module != "_session" else set())
+    assert not relative_imports(source) & above, (
+        f"c2sync.{module} imports {relative_imports(source) & above}"
+    )
+
+
+def test_every_room_is_checked() -> None:
+    """A new private shell module is added to ROOMS (or to the pure core), so its imports are
+    checked too."""
+    private = {p.stem for p in PACKAGE_DIR.glob("_*.py")} - {"__init__", "__main__"}
+    assert private - set(PURE_MODULES) - {"_session", "_demo"} == set(ROOMS)
