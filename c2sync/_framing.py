@@ -238,6 +238,12 @@ class FrameReader:
         reader = cls(sock, ws.pong, max_size=max_size, initial=initial)
         return reader
 
+    def rebind(self, sock: Any) -> None:
+        """Read from ``sock`` from now on (anything with ``recv_into``): the link reads the
+        connect phase through a deadline-bound wrapper, then the socket itself. What is
+        buffered stays."""
+        self._sock = sock
+
     @property
     def buffered(self) -> int:
         """Bytes read from the socket and not yet parsed."""

@@ -5,14 +5,14 @@ Usage: ``python compliance/autobahn_client.py URL AGENT [--loop c2sync|websocket
 server how many cases it has, runs each one (``/runCase?case=N&agent=AGENT``), echoing text
 as text and binary as binary, then asks for the reports (``/updateReports``).
 
-``--loop c2sync`` (the default) reads with c2sync's own frame reader, as the client does:
-websocket-client's handshake, then :class:`c2sync._framing.FrameReader` for every read, and
-websocket-client's ``send``/``send_binary`` for the echoes. A :class:`FrameError` is
-answered with the close code it carries (1002, 1007 or 1009). A text message that is not
-valid UTF-8 (:class:`InvalidText`) is answered with close 1007 as RFC 6455 8.1 says: the
-library itself skips such a message instead (docs/api-contract.md "Receiving", a documented
-deviation),
-so the cases where that happened are written to ``--deviations`` for the summary.
+``--loop c2sync`` (the default) runs over the link the client itself uses
+(:class:`c2sync._link.Link`: its own handshake, :class:`c2sync._framing.FrameReader` for
+every read, its sends for the echoes). The link fails the connection as RFC 6455 says
+(1002 for a violation, 1009 for a message too big, the server's code echoed on a close).
+A text message that is not valid UTF-8 comes back as :class:`InvalidText`; the echo client
+answers it with close 1007 as RFC 6455 8.1 says. The library itself skips such a message
+instead (docs/api-contract.md "Receiving", a documented deviation), so the cases where
+that happened are written to ``--deviations`` for the summary.
 
 ``--loop websocket-client`` runs websocket-client's own reading loop instead, for
 comparison (its ``recv_data``, with its own UTF-8 check).
@@ -31,7 +31,10 @@ from typing import Any
 
 import websocket
 
-from c2sync._framing import FrameError, FrameReader, InvalidText
+from c2sync._framing import InvalidText
+from c2sync._link import Link
+from c2sync._options import Options
+from c2sync.exceptions import ConnectionClosed
 
 CASE_TIMEOUT = 30.0  # seconds any one read or send of a case may take
 CLOSE_GRACE = 5.0  # seconds to wait for the server to end TCP after our close frame
@@ -47,63 +50,26 @@ def _query(url: str) -> Any:
         ws.close(timeout=CLOSE_GRACE)
 
 
-def _finish(ws: Any, code: int | None, reason: str = "") -> None:
-    """Send our close frame (none when ``code`` is None: already sent), then wait, bounded,
-    for the server to end the TCP connection, as RFC 6455 7.1.1 wants of a client."""
-    sock = ws.sock
-    if sock is None:
-        return
-    try:
-        if code is not None:
-            ws.send_close(code, reason.encode("utf-8")[:123])
-        deadline = time.monotonic() + CLOSE_GRACE
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            sock.settimeout(left)
-            if not sock.recv(65536):
-                break
-    except (OSError, websocket.WebSocketException):
-        pass
-    finally:
-        ws.shutdown()
-
-
 def echo_c2sync(url: str) -> bool:
-    """One case over c2sync's reader. Returns whether the RFC's 1007 was applied to a text
+    """One case over c2sync's link. Returns whether the RFC's 1007 was applied to a text
     message that is not UTF-8 (where the library itself would skip the message)."""
-    ws = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=True)
-    ws.connect(url, timeout=CASE_TIMEOUT, suppress_origin=True)
-    ws.settimeout(CASE_TIMEOUT)
-    reader = FrameReader.from_websocket(ws)
+    link = Link(Options.create("autobahn", url=url, connect_timeout=CASE_TIMEOUT))
     try:
-        while True:
-            try:
-                messages = reader.read()
-            except FrameError as exc:
-                _finish(ws, exc.close_code, exc.reason)
-                return False
-            for message in messages:
+        link.handshake(time.monotonic() + CASE_TIMEOUT)  # every read of the case within it
+        while link.close_frame is None:
+            for message in link.read():
                 if type(message) is InvalidText:
-                    _finish(ws, CLOSE_INVALID_DATA, "a text message that is not UTF-8")
+                    link.send_close(CLOSE_INVALID_DATA, "a text message that is not UTF-8")
                     return True
                 if isinstance(message, str):
-                    ws.send(message)
+                    link.send(message)
                 else:
-                    ws.send_binary(message)
-            close = reader.close_frame
-            if close is not None:
-                # Echo the code (RFC 6455 5.5.1); an empty close is answered with an empty one.
-                if close.code is None:
-                    ws.send(b"", websocket.ABNF.OPCODE_CLOSE)
-                    _finish(ws, None)
-                else:
-                    _finish(ws, close.code)
-                return False
-    except (OSError, websocket.WebSocketException):
-        ws.shutdown()  # the server went away, or a send failed: the case is over
-        return False
+                    link.send_binary(message)
+    except (ConnectionClosed, OSError):
+        pass  # the link answered the violation with its close code, or the server left
+    finally:
+        link.drain(CLOSE_GRACE)
+    return False
 
 
 def echo_websocket_client(url: str) -> bool:
