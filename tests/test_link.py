@@ -376,3 +376,38 @@ def test_close_during_a_reconnects_connect_stops_every_thread(make_server: MakeS
         thread.join(max(0.0, 2.0 - (time.monotonic() - started)))
     assert not [t.name for t in mine if t.is_alive()]
     assert time.monotonic() - started < 2.0
+
+
+@pytest.mark.parametrize(
+    ("violation", "code"),
+    [
+        (bytes([0xC1, 0x01]) + b"x", 1002),  # RSV1 set without an extension
+        (bytes([0x83, 0x00]), 1002),  # a reserved opcode
+        (bytes([0x88, 0x02]) + (1005).to_bytes(2, "big"), 1002),  # a close code none may send
+    ],
+    ids=["rsv-bits", "reserved-opcode", "illegal-close-code"],
+)
+def test_a_protocol_violation_closes_with_1002(
+    make_server: MakeServer, violation: bytes, code: int
+) -> None:
+    """After connecting, a frame RFC 6455 forbids: the server gets close 1002 and the user
+    a ConnectionClosed with that code (not a normal close)."""
+    frames_seen: list[list[tuple[int, bytes]]] = []
+
+    def handler(conn: Conn) -> None:
+        conn.accept()
+        conn.sock.sendall(text(CONNECTED) + violation)
+        frames_seen.append(conn.read_frames(limit=WAIT))
+
+    server = make_server(handler)
+    client = c2sync.connect(API_KEY, url=server.url, reconnect=False, heartbeat_timeout=30)
+    try:
+        with pytest.raises(c2sync.ConnectionClosed) as info:
+            client.recv(timeout=WAIT)
+        assert info.value.code == code
+    finally:
+        client.close()
+    server.close()
+    (frames,) = frames_seen
+    assert frames and frames[-1][0] == 0x8
+    assert int.from_bytes(frames[-1][1][:2], "big") == code
