@@ -12,9 +12,9 @@ it connects TCP, talks to a proxy, wraps TLS and does the HTTP upgrade itself, s
 
 - everything before ``open()`` returns shares one deadline: each step's timeout is what
   is left of it (CPython's connect, ``sendall`` and TLS handshake count a timeout as a
-  total), and every read goes through :class:`_Deadline`; a server that drips bytes,
-  sends endless headers or floods pings cannot stretch it (docs/api-contract.md
-  "Connecting");
+  total), and every read goes through :class:`~c2sync._handshake.Deadline`; a server
+  that drips bytes, sends endless headers or floods pings cannot stretch it
+  (docs/api-contract.md "Connecting");
 - the upgrade response is read within a byte budget (64 KiB of status line and headers,
   4 KiB of body): memory stays flat whatever the server sends;
 - redirects are never followed, and the key is sent only to the URL's host, in the
@@ -32,9 +32,7 @@ lost or failed link is a :class:`~c2sync.exceptions.ConnectionClosed`.
 
 from __future__ import annotations
 
-import base64
 import errno
-import hashlib
 import logging
 import os
 import select
@@ -44,70 +42,19 @@ import struct
 import threading
 import time
 from typing import Any, Union
-from urllib.parse import unquote, urlsplit
 
 import websocket
 
 from ._framing import CloseFrame, FrameError, FrameReader
+from ._handshake import Deadline, Target, parse_proxy, tunnel, upgrade
 from ._options import Options
-from ._spec import AUTH_HEADER
-from .exceptions import (
-    AuthenticationError,
-    ConnectionClosed,
-    HandshakeError,
-    ProtocolError,
-    RateLimitError,
-    ServiceUnavailableError,
-)
-from .reconnect import parse_retry_after
+from .exceptions import ConnectionClosed, HandshakeError, ProtocolError
 
-__all__ = ["MAX_BODY", "MAX_HEADERS", "Link", "redact"]
+__all__ = ["Link"]
 
 logger = logging.getLogger("c2sync.link")
 
 Text = Union[str, bytes]  # evaluated at run time: no "|" on Python 3.9
-
-MAX_HEADERS = 64 * 1024  # bytes of status line and headers read from an upgrade response
-MAX_BODY = 4 * 1024  # bytes of a refusal's body kept
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
-_REDACTED = "***"
-
-
-def redact(text: str, *secrets: str) -> str:
-    """``text`` with every secret replaced by ``***``, including a secret cut off at the
-    end of ``text`` (a body truncated in the middle of an echoed key)."""
-    for secret in secrets:
-        if not secret:
-            continue
-        text = text.replace(secret, _REDACTED)
-        for size in range(len(secret) - 1, 3, -1):
-            if text.endswith(secret[:size]):
-                text = text[:-size] + _REDACTED
-                break
-    return text
-
-
-class _Deadline:
-    """A socket whose every read waits at most until ``deadline`` (``socket.timeout``
-    after it): how the connect phase stays within one total bound."""
-
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self._sock = sock
-        self._deadline = deadline
-
-    def _arm(self) -> None:
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
-            raise socket.timeout("the connect deadline passed")
-        self._sock.settimeout(remaining)
-
-    def recv_into(self, view: Any) -> int:
-        self._arm()
-        return self._sock.recv_into(view)
-
-    def recv(self, size: int) -> bytes:
-        self._arm()
-        return self._sock.recv(size)
 
 
 class Link:
@@ -119,11 +66,8 @@ class Link:
 
     def __init__(self, options: Options) -> None:
         self._options = options
-        parts = urlsplit(options.url)
-        self._secure = parts.scheme == "wss"
-        self._host = parts.hostname or ""
-        self._port = parts.port or (443 if self._secure else 80)
-        self._resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._target = Target.from_url(options.url)
+        self._host = self._target.host
         self._lock = threading.Lock()  # guards the socket reference and the flags
         self._send_lock = threading.Lock()  # one frame on the wire at a time
         self._sock: socket.socket | None = None
@@ -164,20 +108,21 @@ class Link:
     def handshake(self, deadline: float) -> None:
         """Connect and do the upgrade before ``deadline`` (see :meth:`open`)."""
         options = self._options
-        phase = f"could not connect to {self._host}:{self._port}"
+        target = self._target
+        phase = f"could not connect to {target.host}:{target.port}"
         try:
-            proxy = self._proxy()
+            proxy = parse_proxy(options.proxy)
             if proxy is not None:
-                phase = f"no answer from the proxy {proxy[0]}:{proxy[1]}"
-                sock = self._connect_tcp(proxy[0], proxy[1], deadline)
-                self._tunnel(sock, proxy, deadline)
+                phase = f"no answer from the proxy {proxy.host}:{proxy.port}"
+                sock = self._connect_tcp(proxy.host, proxy.port, deadline)
+                tunnel(sock, target, proxy, deadline)
             else:
-                sock = self._connect_tcp(self._host, self._port, deadline)
-            if self._secure:
-                phase = f"the TLS handshake with {self._host} did not finish"
+                sock = self._connect_tcp(target.host, target.port, deadline)
+            if target.secure:
+                phase = f"the TLS handshake with {target.host} did not finish"
                 sock = self._tls(sock, deadline)
             phase = f"no upgrade response from {options.safe_url}"
-            leftover = self._upgrade(sock, deadline)
+            leftover = upgrade(sock, target, options.api_key, deadline)
             self._upgraded = True
         except socket.timeout as exc:  # not a TimeoutError on Python 3.9
             self.release()
@@ -189,7 +134,7 @@ class Link:
             raise
         self._connect_deadline = deadline
         self._reader = FrameReader(
-            _Deadline(sock, deadline),  # type: ignore[arg-type]
+            Deadline(sock, deadline),  # type: ignore[arg-type]
             self._pong,
             max_size=options.max_message_size,
             initial=leftover,
@@ -227,20 +172,6 @@ class Link:
         reader.rebind(self._sock)
         self._early = texts[1:]
         return texts[0]
-
-    def _proxy(self) -> tuple[str, int, str] | None:
-        """(host, port, Proxy-Authorization value or "") of the proxy to use, or None."""
-        proxy = self._options.proxy
-        if not proxy:
-            return None
-        parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("proxy must be an http://[user:pass@]host:port URL")
-        auth = ""
-        if parts.username:
-            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-            auth = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
-        return parts.hostname, parts.port or 80, auth
 
     def _connect_tcp(self, host: str, port: int, deadline: float) -> socket.socket:
         """A TCP connection to the first address of ``host`` that answers; ``cut()`` wakes
@@ -290,22 +221,6 @@ class Link:
             raise OSError(code, f"{os.strerror(code)} ({address[0]}:{address[1]})")
         sock.setblocking(True)
 
-    def _tunnel(self, sock: socket.socket, proxy: tuple[str, int, str], deadline: float) -> None:
-        """Ask an HTTP proxy for a tunnel to the URL's host (CONNECT, RFC 9110 9.3.6)."""
-        target = f"{self._host}:{self._port}"
-        lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
-        if proxy[2]:
-            lines.append(f"Proxy-Authorization: {proxy[2]}")
-        self._send_all(sock, ("\r\n".join(lines) + "\r\n\r\n").encode("ascii"), deadline)
-        status, headers, _ = _read_head(_Deadline(sock, deadline))
-        if status != 200:
-            # A proxy may echo its credentials back: they are redacted like the key.
-            secrets = (proxy[2], self._options.proxy or "")
-            headers = {name: redact(value, *secrets) for name, value in headers.items()}
-            raise HandshakeError(
-                status, headers, "", message=f"the proxy refused the tunnel to {target}"
-            )
-
     def _tls(self, sock: socket.socket, deadline: float) -> socket.socket:
         # docs/websocket-client-facts.md "TLS": verification stays on unless the user's
         # own context says otherwise.
@@ -321,44 +236,6 @@ class Link:
         wrapped.settimeout(max(0.001, deadline - time.monotonic()))
         wrapped.do_handshake()
         return wrapped
-
-    def _upgrade(self, sock: socket.socket, deadline: float) -> bytes:
-        """Send the upgrade request and read its answer. Returns the bytes read past the
-        headers (the first frames)."""
-        key = base64.b64encode(os.urandom(16)).decode("ascii")
-        default_port = 443 if self._secure else 80
-        host = self._host if ":" not in self._host else f"[{self._host}]"
-        if self._port != default_port:
-            host += f":{self._port}"
-        request = (
-            f"GET {self._resource} HTTP/1.1\r\n"
-            f"Host: {host}\r\n"
-            "Upgrade: websocket\r\n"
-            "Connection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n"
-            f"{AUTH_HEADER}: Bearer {self._options.api_key}\r\n"
-            "\r\n"
-        )
-        self._send_all(sock, request.encode("utf-8"), deadline)
-        reading = _Deadline(sock, deadline)
-        status, headers, rest = _read_head(reading)
-        secrets = (self._options.api_key,)
-        if status != 101:
-            body = _read_body(reading, headers, rest)
-            raise refusal(status, headers, body, secrets)
-        accept = base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest())
-        if (
-            headers.get("upgrade", "").lower() != "websocket"
-            or "upgrade" not in headers.get("connection", "").lower()
-            or headers.get("sec-websocket-accept", "").encode("ascii", "replace") != accept
-        ):
-            raise ProtocolError("invalid upgrade response: not a WebSocket upgrade")
-        return rest
-
-    def _send_all(self, sock: socket.socket, data: bytes, deadline: float) -> None:
-        sock.settimeout(max(0.001, deadline - time.monotonic()))
-        sock.sendall(data)
 
     # Reading and writing ---------------------------------------------------------------
 
@@ -487,90 +364,4 @@ class Link:
                 except OSError:
                     pass
 
-
-# The upgrade response ------------------------------------------------------------------
-
-
-def _read_head(sock: _Deadline) -> tuple[int, dict[str, str], bytes]:
-    """Read an HTTP response's status line and headers, at most :data:`MAX_HEADERS` bytes.
-
-    Returns:
-        (status, headers with lower-case names, the bytes read past the headers).
-    """
-    data = bytearray()
-    while True:
-        end = data.find(b"\r\n\r\n")
-        if end >= 0:
-            break
-        if len(data) > MAX_HEADERS:
-            raise HandshakeError(
-                _status(bytes(data)), {}, "", message="response headers over 64 KiB"
-            )
-        chunk = sock.recv(min(16384, MAX_HEADERS + 4 - len(data)))
-        if not chunk:
-            raise ConnectionClosed(None, "", "the server closed during the upgrade")
-        data += chunk
-    head, rest = bytes(data[:end]), bytes(data[end + 4 :])
-    lines = head.decode("iso-8859-1").split("\r\n")
-    status = _status(head)
-    if not status:
-        raise ProtocolError(f"invalid upgrade response: {lines[0][:80]!r}")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep:
-            raise ProtocolError("invalid upgrade response: a header line without a colon")
-        name = name.strip().lower()
-        value = value.strip()
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    return status, headers, rest
-
-
-def _status(head: bytes) -> int:
-    parts = head.split(b"\r\n", 1)[0].split(b" ", 2)
-    if len(parts) >= 2 and parts[0].startswith(b"HTTP/1.") and parts[1].isdigit():
-        return int(parts[1])
-    return 0
-
-
-def _read_body(sock: _Deadline, headers: dict[str, str], rest: bytes) -> bytes:
-    """A refusal's body, at most :data:`MAX_BODY` bytes (what is beyond is not read)."""
-    try:
-        length: int | None = int(headers.get("content-length", ""))
-    except ValueError:
-        length = None
-    want = MAX_BODY if length is None else min(length, MAX_BODY)
-    body = bytearray(rest[:want])
-    try:
-        while len(body) < want:
-            chunk = sock.recv(want - len(body))
-            if not chunk:
-                break
-            body += chunk
-    except OSError:  # socket.timeout included
-        pass  # the status says what matters; a body that never comes is left out
-    return bytes(body)
-
-
-def refusal(
-    status: int, headers: dict[str, str], body: bytes, secrets: tuple[str, ...]
-) -> HandshakeError:
-    """The exception for a refused upgrade (docs/protocol.md section 2), with whatever the
-    server echoed of ``secrets`` replaced by ``***``."""
-    headers = {name: redact(value, *secrets) for name, value in headers.items()}
-    text = redact(body.decode("utf-8", "replace"), *secrets)
-    if 300 <= status < 400:
-        location = headers.get("location", "")
-        return HandshakeError(
-            status, headers, text, message=f"redirect to {location!r} not followed"
-        )
-    if status == 401:
-        return AuthenticationError(status, headers, text)
-    if status == 429:
-        return RateLimitError(
-            status, headers, text, retry_after=parse_retry_after(headers.get("retry-after"))
-        )
-    if status == 503:
-        return ServiceUnavailableError(status, headers, text)
-    return HandshakeError(status, headers, text)
 

@@ -371,6 +371,7 @@ def test_pure_core_imports_no_io(module: str) -> None:
 ROOMS = [
     "_dispatcher",
     "_framing",
+    "_handshake",
     "_inbox",
     "_lifecycle",
     "_link",
