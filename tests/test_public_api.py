@@ -11,6 +11,7 @@ import inspect
 import json
 from pathlib import Path
 
+import attrs
 import pytest
 
 import c2sync
@@ -60,6 +61,8 @@ API_NAMES = [
     "ServerError",
     "QueueOverflow",
     "SubscriptionLimitError",
+    "SubscriptionStats",
+    "to_dataframe",
 ]
 
 PUBLIC_MODULES = [
@@ -120,6 +123,22 @@ def test_connect_signature() -> None:
     for name, default in expected.items():
         assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, name
         assert params[name].default == default, name
+
+
+def test_receiving_and_observability_signatures() -> None:
+    """recv_many(max_messages=100, timeout=0.0), subscription_stats, and
+    SubscriptionStats with the documented fields, frozen."""
+    params = inspect.signature(c2sync.Client.recv_many).parameters
+    assert [(n, p.default) for n, p in params.items()] == [
+        ("self", inspect.Parameter.empty),
+        ("max_messages", 100),
+        ("timeout", 0.0),
+    ]
+    assert isinstance(inspect.getattr_static(c2sync.Client, "subscription_stats"), property)
+    fields = [f.name for f in attrs.fields(c2sync.SubscriptionStats)]
+    assert fields == ["last_seq", "last_message_at", "messages", "duplicates", "gaps", "resumes"]
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        c2sync.SubscriptionStats().messages = 1  # type: ignore[misc]
 
 
 def test_codec_helpers_signatures() -> None:
