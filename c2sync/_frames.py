@@ -35,7 +35,7 @@ _NS_YEARS = (1678, 2261)
 
 
 def to_dataframe(messages: Iterable[Message]) -> Any:
-    """The messages as a :class:`pandas.DataFrame`, one row per message, in order.
+    """The messages as a ``pandas.DataFrame``, one row per message, in order.
 
     ::
 
