@@ -12,9 +12,10 @@
 
 import logging
 
+from ._frames import to_dataframe
 from ._spec import DEFAULT_URL
 from .checkpoint import Checkpoint, FileCheckpoint
-from .client import Client, Handle, State, Stats, connect
+from .client import Client, Handle, State, Stats, SubscriptionStats, connect
 from .codec import encode_heartbeat_ack, encode_subscription_request, parse_message
 from .exceptions import (
     AuthenticationError,
@@ -77,9 +78,11 @@ __all__ = [
     "Stats",
     "SubscriptionAck",
     "SubscriptionLimitError",
+    "SubscriptionStats",
     "__version__",
     "connect",
     "encode_heartbeat_ack",
     "encode_subscription_request",
     "parse_message",
+    "to_dataframe",
 ]

@@ -1,7 +1,8 @@
 """The inbox: the bounded queue behind ``recv()`` and iteration.
 
 The reader thread puts every message no callback takes (:meth:`Inbox.put_many`, one lock
-and at most one wake-up per read); user threads take them (:meth:`Inbox.get`); the session
+and at most one wake-up per read); user threads take them (:meth:`Inbox.get`, or a batch
+with :meth:`Inbox.get_many`, one lock round trip per batch); the session
 ends it (:meth:`Inbox.end`) and purges it when a replay supersedes what it holds
 (:meth:`Inbox.purge`).
 
@@ -99,6 +100,42 @@ class Inbox:
                     message = self._queue.popleft()
                     self._forget_exempt(message)
                     return message
+                if end is not None:
+                    raise end()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError("no message in time")
+                self._waiting += 1
+                try:
+                    self._cond.wait(remaining)
+                finally:
+                    self._waiting -= 1
+
+    def get_many(self, limit: int, deadline: float | None) -> list[Message]:
+        """Up to ``limit`` of the oldest messages, in order, in one lock round trip; waits
+        until ``deadline`` for the first (as :meth:`get`; raises what :meth:`get` raises,
+        TimeoutError included, in the same order).
+
+        Raises:
+            QueueOverflow: messages were dropped since the last call (once).
+            TimeoutError: nothing by ``deadline``.
+            C2Error: the inbox ended, once it is empty; at once when ended by ``close()``.
+        """
+        with self._cond:
+            while True:
+                end = self._end
+                if end is not None and self._discard:
+                    raise end()
+                if self._overflow:
+                    dropped, self._overflow = self._overflow, 0
+                    raise QueueOverflow(dropped, self._last_seq())
+                queue = self._queue
+                if queue:
+                    taken = [queue.popleft() for _ in range(min(limit, len(queue)))]
+                    if self._exempt:
+                        for message in taken:
+                            self._forget_exempt(message)
+                    return taken
                 if end is not None:
                     raise end()
                 remaining = None if deadline is None else deadline - time.monotonic()

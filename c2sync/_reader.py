@@ -46,6 +46,8 @@ from ._protocol import (
     ReplayRestarted,
     RequestAnswered,
 )
+from ._spec import SIGNAL
+from ._substats import SubscriptionBook
 from ._watchdog import Watchdog
 from .codec import parse_message
 from .exceptions import ConnectionClosed, ProtocolError
@@ -93,6 +95,7 @@ class ReaderHost(Protocol):
     inbox: Inbox
     dispatcher: Dispatcher
     watchdog: Watchdog
+    book: SubscriptionBook  # per-subscription counters (client.subscription_stats)
 
     def connect(self) -> Link:
         """Open a link and read ``connection.connected`` (raises what a connect raises)."""
@@ -263,6 +266,7 @@ class Reader:
         elif isinstance(event, Duplicate):
             with host.lock:  # also counted by the dispatcher and recv() callers
                 stats.duplicates += 1
+            host.book.duplicate(event.message, host.protocol.subscriptions)
             logger.debug(
                 "dropped duplicate signal %s of strategy %s",
                 event.message.seq_id,
@@ -271,6 +275,7 @@ class Reader:
         elif isinstance(event, ReplayRestarted):
             strategy_id, resume_from = event.strategy_id, event.resume_from
             host.inbox.purge(strategy_id, resume_from, event.replay_to)
+            host.book.resumed((SIGNAL, strategy_id), host.protocol.subscriptions)
             host.dispatcher.purge(lambda m: superseded(m, strategy_id, resume_from))
 
     def _deliver(self, messages: list[Message]) -> None:
@@ -278,6 +283,7 @@ class Reader:
         one batch, the rest to the inbox in one batch."""
         host = self._host
         host.stats.messages += len(messages)
+        host.book.arrived(messages, host.protocol.subscriptions, datetime.now(timezone.utc))
         callbacks_for = host.dispatcher.callbacks_for
         posts = []
         queued: list[Message] = []

@@ -38,9 +38,10 @@ from ._options import Options
 from ._pending import Pending, RequestLost, Waiter
 from ._protocol import ClientProtocol, Connected
 from ._reader import Reader, Stats
-from ._spec import CLOSE_NORMAL
+from ._spec import CLOSE_NORMAL, SIGNAL
+from ._substats import SubscriptionBook
 from ._watchdog import Watchdog
-from .exceptions import ConnectionClosed, HeartbeatTimeout
+from .exceptions import C2Error, ConnectionClosed, HeartbeatTimeout
 from .messages import Message, Signal, SubscriptionAck
 
 __all__ = ["Session"]
@@ -71,7 +72,9 @@ class Session:
         self._stop = threading.Event()  # wakes the reader out of a backoff wait
         self.reader = Reader(self, self._stop)
         self._heartbeat_expired = False
-        self._in_hand: Signal | None = None  # handed out by recv(), not yet processed
+        self._in_hand: list[Signal] = []  # handed out by recv(), not yet processed
+        self.book = SubscriptionBook()  # client.subscription_stats
+        self.connected_at: float | None = None  # monotonic time of the last connection.connected
 
     # Opening ---------------------------------------------------------------------------
 
@@ -115,6 +118,8 @@ class Session:
                 (event,) = self.protocol.receive(first, time.monotonic())
                 assert isinstance(event, Connected)
                 self.connected_message = event.message
+                self.connected_at = time.monotonic()
+                self._count_resumes()
         except BaseException:
             with self.lock:
                 if self._link is link:
@@ -172,13 +177,42 @@ class Session:
             fresh = self.protocol.hand_out(message)
             if not fresh:
                 self.stats.duplicates += 1
+                self.book.duplicate(message, self.protocol.subscriptions)
         return fresh
+
+    def _hand_out_many(self, messages: list[Message]) -> list[Message]:
+        """:meth:`_hand_out` for a batch, under one lock: the fresh ones, in order."""
+        fresh: list[Message] = []
+        with self.lock:
+            hand_out = self.protocol.hand_out
+            for message in messages:
+                if hand_out(message):
+                    fresh.append(message)
+                else:
+                    self.stats.duplicates += 1
+                    self.book.duplicate(message, self.protocol.subscriptions)
+        return fresh
+
+    def _count_resumes(self) -> None:
+        # Under the lock, as a connection opens: the signal subscriptions the reader is
+        # about to restore with a resume point (ClientProtocol.restore_subscriptions).
+        held = self.protocol.subscriptions
+        points = self.protocol.last_delivered
+        for pair in held:
+            if pair[0] == SIGNAL and points.get(pair[1]):
+                self.book.resumed(pair, held)
+
+    def require_opened(self) -> None:
+        """Raise at once on a client nobody connected (docs/api-contract.md "Receiving")."""
+        if not self.life.opened and not self.life.closing:
+            raise C2Error("not connected: call connect()")
 
     def _last_delivered(self) -> dict[int, int]:
         with self.lock:
             return self.protocol.last_delivered
 
     def recv(self, timeout: float | None) -> Message:
+        self.require_opened()
         self._commit_in_hand()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -188,12 +222,31 @@ class Session:
                 raise TimeoutError(f"no message within {timeout:g} s") from None
             if self._hand_out(message):
                 if isinstance(message, Signal):
-                    self._in_hand = message
+                    self._in_hand = [message]
                 return message
 
+    def recv_many(self, limit: int, timeout: float | None) -> list[Message]:
+        """Up to ``limit`` waiting messages, in order, waiting until ``timeout`` for the
+        first; [] when none came. The batch counts as processed at the next call."""
+        self.require_opened()
+        self._commit_in_hand()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                batch = self.inbox.get_many(limit, deadline)
+            except TimeoutError:
+                return []
+            fresh = self._hand_out_many(batch)
+            if fresh:  # else every one was a duplicate: wait on, to the same deadline
+                # Signals arrive in order per strategy: the last one of each is what a
+                # checkpoint needs.
+                last = {m.strategy_id: m for m in fresh if isinstance(m, Signal)}
+                self._in_hand = list(last.values())
+                return fresh
+
     def _commit_in_hand(self) -> None:
-        message, self._in_hand = self._in_hand, None
-        if message is not None:
+        held, self._in_hand = self._in_hand, []
+        for message in held:
             self._processed(message)
 
     def _processed(self, signal: Signal) -> None:
@@ -229,6 +282,7 @@ class Session:
     ) -> SubscriptionAck:
         # Arguments are checked before anything else, so a bad one never waits or sends.
         self.protocol.check_request(action, channel, strategy_id, resume_from)
+        self.require_opened()
         what = f"{action} {channel} {strategy_id}"
 
         def register(deadline: float) -> tuple[Waiter, str, Callable[[str], None]]:

@@ -15,10 +15,11 @@ from __future__ import annotations
 import inspect
 import os
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
+from . import _display
 from ._dispatcher import Handle
 from ._framing import DEFAULT_MAX_SIZE
 from ._lifecycle import State
@@ -33,12 +34,13 @@ from ._spec import (
     SUBSCRIBE,
     UNSUBSCRIBE,
 )
+from ._substats import SubscriptionStats
 from .checkpoint import Checkpoint
 from .exceptions import ConnectionClosed
 from .messages import Message, SubscriptionAck
 from .reconnect import ReconnectPolicy
 
-__all__ = ["Client", "Handle", "State", "Stats", "connect"]
+__all__ = ["Client", "Handle", "State", "Stats", "SubscriptionStats", "connect"]
 
 
 def _finalize(session: Session) -> None:
@@ -118,6 +120,11 @@ class Client:
             f"messages={s.stats.messages} heartbeats={s.stats.heartbeats} "
             f"reconnects={s.stats.reconnects}>"
         )
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: state, URL, uptime, heartbeats, reconnects, dropped, and one row
+        per subscription; every text escaped, never the key."""
+        return _display.of_session(self._session)
 
     # Lifecycle -------------------------------------------------------------------------
 
@@ -241,9 +248,35 @@ class Client:
             ConnectionClosed: the client was closed.
             C2Error: the connection failed for good (after the queued messages).
         """
-        if timeout is not None and (isinstance(timeout, bool) or timeout < 0):
-            raise ValueError("timeout must be None or a non-negative number of seconds")
+        _check_timeout(timeout)
         return self._session.recv(timeout)
+
+    def recv_many(self, max_messages: int = 100, timeout: float | None = 0.0) -> list[Message]:
+        """Whatever is waiting, up to ``max_messages``, in order (one lock round trip).
+
+        "What arrived since the last cell?" in a notebook; a batch for a batch consumer.
+        The rules of :meth:`recv` hold otherwise; for a checkpoint the batch counts as
+        processed at the next receive call or a clean close.
+
+        Args:
+            max_messages: the most messages returned, a positive int.
+            timeout: seconds to wait for the first message (0: do not wait; None: until one
+                comes or the end).
+
+        Returns:
+            The messages, oldest first; an empty list when none came within ``timeout``.
+
+        Raises:
+            ValueError: a bad argument.
+            QueueOverflow: messages were dropped since the last call (raised once).
+            ConnectionClosed: the client was closed.
+            C2Error: never connected, or the connection failed for good (after the queued
+                messages).
+        """
+        if type(max_messages) is not int or max_messages < 1:
+            raise ValueError(f"max_messages must be a positive int, not {max_messages!r}")
+        _check_timeout(timeout)
+        return self._session.recv_many(max_messages, timeout)
 
     def __iter__(self) -> Iterator[Message]:
         """Iterate over messages until the client is closed (then end quietly)."""
@@ -316,6 +349,14 @@ class Client:
         return self._session.stats
 
     @property
+    def subscription_stats(self) -> Mapping[tuple[str, int], SubscriptionStats]:
+        """``{(channel, strategy_id): SubscriptionStats}``, one per current subscription:
+        last seq_id, when the last message came, counts of messages, duplicates, gaps and
+        resumes. A snapshot, taken when read."""
+        s = self._session
+        return s.book.snapshot(s.protocol.subscriptions)
+
+    @property
     def url(self) -> str:
         """The URL this client connects to."""
         return self._session.options.url
@@ -324,6 +365,13 @@ class Client:
     def connected_message(self) -> Message | None:
         """The latest ``connection.connected`` message (None before the first)."""
         return self._session.connected_message
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+        raise ValueError(f"timeout must be None or a non-negative number of seconds: {timeout!r}")
 
 
 def connect(api_key: str | None = None, **options: Any) -> Client:

@@ -53,6 +53,7 @@ nitpick_ignore = [
     ("py:class", name)
     for name in (
         "collections.abc.Callable",
+        "collections.abc.Iterable",
         "collections.abc.Iterator",
         "collections.abc.Mapping",
         "collections.abc.Sequence",

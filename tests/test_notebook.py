@@ -1,11 +1,14 @@
 """samples/notebook.ipynb runs in a real Jupyter kernel (the venv's Python) against the
-emulator: callbacks fire while later cells run, re-running cells leaks no connection, and
-the last cell closes cleanly."""
+emulator: callbacks fire while later cells run, the client's table is displayed and redrawn
+in place by a callback, the signals become a DataFrame, re-running cells leaks no
+connection, and the last cell closes cleanly."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import socket
 import sys
 import threading
@@ -57,6 +60,27 @@ class Kernel:
         return output_text(cell)
 
 
+def display_html(cell: Any) -> str:
+    """The HTML a cell displayed (its last display), as nbclient left it after updates."""
+    pages = [
+        output["data"]["text/html"]
+        for output in cell.get("outputs", [])
+        if output.get("output_type") in ("display_data", "execute_result")
+        and "text/html" in output.get("data", {})
+    ]
+    assert pages, f"no HTML output in {cell.get('metadata')}"
+    return "".join(pages[-1]) if isinstance(pages[-1], list) else str(pages[-1])
+
+
+def result_text(cell: Any) -> str:
+    """The text/plain of a cell's result (its last expression)."""
+    for output in cell.get("outputs", []):
+        if output.get("output_type") == "execute_result":
+            text = output["data"].get("text/plain", "")
+            return "".join(text) if isinstance(text, list) else str(text)
+    raise AssertionError(f"no result in {cell.get('metadata')}")
+
+
 def output_text(cell: Any) -> str:
     parts = []
     for output in cell.get("outputs", []):
@@ -99,6 +123,21 @@ def kernel(emulator: Emulator, tmp_path: Path) -> Iterator[Kernel]:
     with client.setup_kernel(env=env, cwd=str(tmp_path)):
         yield Kernel(client, notebook)
 
+
+# Run in the kernel after the watch cell: tells the test (over a TCP connection) to publish,
+# then waits until a callback registered after the notebook's refresh() has seen the last
+# signal, so refresh() has redrawn the table for it while this cell still runs (the kernel
+# routes the redraw to the running cell, whose output nbclient records).
+_LIVE_GATE = """
+import socket as _socket
+import threading as _threading
+
+_seen_last = _threading.Event()
+client.on(c2sync.SIGNAL, lambda m: _seen_last.set() if m.seq_id == {last} else None)
+with _socket.create_connection(("127.0.0.1", {port}), timeout={wait}):
+    pass
+print(_seen_last.wait({wait}))
+"""
 
 # Run in the kernel before the busy cell. That cell is "before = len(received)", then
 # "time.sleep(3)  # your own work here", then a print of how many signals came meanwhile.
@@ -192,6 +231,39 @@ def test_notebook_runs_in_a_real_kernel(emulator: Emulator, kernel: Kernel) -> N
         "seq_id=2",
         "seq_id=3",
     ]
+
+    # Watch it live: the table names the subscription, and the callback redraws it in place.
+    kernel.run("watch")
+    _, watch = kernel.cell("watch")
+    page = display_html(watch)
+    assert "strategy.signal" in page and f">{STRATEGY}<" in page and ">OPEN<" in page
+    assert API_KEY not in page and "<script" not in page
+    with socket.create_server(("127.0.0.1", 0)) as gate:
+        port = gate.getsockname()[1]
+        errors = []
+        publisher = publish_when_started(emulator, gate, 2, errors)
+        seen = kernel.run_code(_LIVE_GATE.format(port=port, wait=WAIT, last=5))
+        publisher.join(WAIT)
+    assert not errors, errors
+    assert seen.strip() == "True"
+    redrawn = display_html(watch)
+    assert re.search(rf">{STRATEGY}</td><td[^>]*>5</td>", redrawn), redrawn  # last seq 5
+    kernel.run("refresh")
+    assert re.search(rf">{STRATEGY}</td><td[^>]*>5</td>", display_html(watch))
+    substats = kernel.run("substats")
+    assert f"strategy.signal {STRATEGY} last seq_id 5 messages 5" in substats
+    assert "0 message(s) waiting for recv()" in substats
+
+    # The signals as a DataFrame (extra [pandas]; the [test] extra installs it).
+    if importlib.util.find_spec("pandas") is not None:
+        kernel.run("frame")
+        _, frame_cell = kernel.cell("frame")
+        table = result_text(frame_cell)
+        assert [line.split()[:2] for line in table.splitlines()[1:]] == [
+            [str(row), str(row + 1)] for row in range(5)
+        ], table
+        probe = "print(len(frame), frame.seq_id.tolist(), set(frame.msg_type))"
+        assert kernel.run_code(probe).strip() == "5 [1, 2, 3, 4, 5] {'strategy.signal'}"
 
     # Re-running the connect cell replaces the connection; it does not add one.
     kernel.run("connect")

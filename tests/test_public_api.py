@@ -11,6 +11,7 @@ import inspect
 import json
 from pathlib import Path
 
+import attrs
 import pytest
 
 import c2sync
@@ -60,6 +61,8 @@ API_NAMES = [
     "ServerError",
     "QueueOverflow",
     "SubscriptionLimitError",
+    "SubscriptionStats",
+    "to_dataframe",
 ]
 
 PUBLIC_MODULES = [
@@ -120,6 +123,22 @@ def test_connect_signature() -> None:
     for name, default in expected.items():
         assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, name
         assert params[name].default == default, name
+
+
+def test_receiving_and_observability_signatures() -> None:
+    """recv_many(max_messages=100, timeout=0.0), subscription_stats, and
+    SubscriptionStats with the documented fields, frozen."""
+    params = inspect.signature(c2sync.Client.recv_many).parameters
+    assert [(n, p.default) for n, p in params.items()] == [
+        ("self", inspect.Parameter.empty),
+        ("max_messages", 100),
+        ("timeout", 0.0),
+    ]
+    assert isinstance(inspect.getattr_static(c2sync.Client, "subscription_stats"), property)
+    fields = [f.name for f in attrs.fields(c2sync.SubscriptionStats)]
+    assert fields == ["last_seq", "last_message_at", "messages", "duplicates", "gaps", "resumes"]
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        c2sync.SubscriptionStats().messages = 1  # type: ignore[misc]
 
 
 def test_codec_helpers_signatures() -> None:
@@ -370,6 +389,7 @@ def test_pure_core_imports_no_io(module: str) -> None:
 
 ROOMS = [
     "_dispatcher",
+    "_frames",
     "_framing",
     "_handshake",
     "_inbox",
@@ -378,6 +398,7 @@ ROOMS = [
     "_options",
     "_pending",
     "_reader",
+    "_substats",
     "_watchdog",
 ]
 
@@ -397,4 +418,5 @@ def test_every_room_is_checked() -> None:
     """A new private shell module is added to ROOMS (or to the pure core), so its imports are
     checked too."""
     private = {p.stem for p in PACKAGE_DIR.glob("_*.py")} - {"__init__", "__main__"}
-    assert private - set(PURE_MODULES) - {"_session", "_demo"} == set(ROOMS)
+    # The session and the face's helpers (the demo, the notebook view) sit above the rooms.
+    assert private - set(PURE_MODULES) - {"_session", "_demo", "_display"} == set(ROOMS)
