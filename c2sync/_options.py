@@ -43,6 +43,8 @@ class Options:
         max_message_size: the largest message accepted, in bytes (all its fragments).
         link_factory: builds the link for each connection attempt (a test seam; None: the
             real WebSocket link).
+        correct_clock: stamp outgoing messages with the measured clock skew corrected
+            (a test seam: False sends the local clock as it is).
     """
 
     api_key: str = attrs.field(repr=False)
@@ -57,6 +59,7 @@ class Options:
     ssl_context: Any = None
     max_message_size: int = DEFAULT_MAX_SIZE
     link_factory: Callable[[Options], Any] | None = attrs.field(default=None, repr=False)
+    correct_clock: bool = True
 
     @property
     def safe_url(self) -> str:
@@ -79,6 +82,7 @@ class Options:
         reconnect_policy: ReconnectPolicy | None = None,
         max_message_size: int = DEFAULT_MAX_SIZE,
         link_factory: Callable[[Options], Any] | None = None,
+        correct_clock: bool = True,
     ) -> Options:
         """Check the user's arguments and build the value.
 
@@ -126,4 +130,5 @@ class Options:
             ssl_context=ssl_context,
             max_message_size=max_message_size,
             link_factory=link_factory,
+            correct_clock=bool(correct_clock),
         )

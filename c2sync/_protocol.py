@@ -16,6 +16,7 @@ from datetime import datetime
 
 import attrs
 
+from ._clock import ClockSkew, is_timestamp_error, utc_now
 from ._spec import (
     CONNECTED,
     DISCONNECTED,
@@ -137,7 +138,10 @@ class ClientProtocol:
         resume_points: ``{strategy_id: seq_id}`` already processed (from a checkpoint).
         max_subscriptions: subscriptions one connection may hold (section 6).
         request_ids: where request ids come from (tests inject a predictable one).
-        wallclock: the UTC time for outgoing timestamps (None: the real one).
+        wallclock: the local UTC wall time, read when a server timestamp arrives and when
+            a message is stamped (None: the real one; the shell passes its own).
+        correct_clock: stamp outgoing messages with the clock skew corrected (see
+            ``_clock.py``); False is a seam for tests.
     """
 
     def __init__(
@@ -148,11 +152,13 @@ class ClientProtocol:
         max_subscriptions: int = MAX_SUBSCRIPTIONS,
         request_ids: Iterator[str] | None = None,
         wallclock: Callable[[], datetime] | None = None,
+        correct_clock: bool = True,
     ) -> None:
         self.heartbeat_timeout = heartbeat_timeout
         self.max_subscriptions = max_subscriptions
         self._request_ids = request_ids if request_ids is not None else _default_request_ids()
-        self._wallclock = wallclock
+        self._wallclock = wallclock or utc_now
+        self._clock = ClockSkew(correct=correct_clock)
         self._resume_points = dict(resume_points or {})
         self._subscriptions: dict[Pair, None] = {}  # held by the server; ordered for restore
         self._outstanding: dict[str, _Request] = {}  # in the order sent
@@ -179,6 +185,11 @@ class ClientProtocol:
     def subscriptions(self) -> frozenset[Pair]:
         """The (channel, strategy_id) pairs the server holds for this client."""
         return frozenset(self._subscriptions)
+
+    @property
+    def clock_skew(self) -> float | None:
+        """Server time minus local time in seconds, at the last measure (None before)."""
+        return self._clock.offset
 
     @property
     def last_delivered(self) -> dict[int, int]:
@@ -331,7 +342,7 @@ class ClientProtocol:
             request.strategy_id,
             request_id=request.request_id,
             resume_from=request.resume_from or None,
-            now=self._wallclock() if self._wallclock else None,
+            now=self._clock.stamp(self._wallclock()),
         )
 
     # Receiving -------------------------------------------------------------------------
@@ -383,12 +394,12 @@ class ClientProtocol:
             self._awaiting_connected = False
             self._open = True
             self._deadline = now + self.heartbeat_timeout
+            self._clock.measure(message.timestamp, self._wallclock())
             return [Connected(message)]
         if msg_type == HEARTBEAT:
             # Section 5: answer every heartbeat; the deadline restarts from this one.
-            self._outgoing.append(
-                encode_heartbeat_ack(self._wallclock() if self._wallclock else None)
-            )
+            self._clock.measure(message.timestamp, self._wallclock())
+            self._outgoing.append(encode_heartbeat_ack(self._clock.stamp(self._wallclock())))
             self._deadline = now + self.heartbeat_timeout
             return [HeartbeatAnswered(message)]
         if isinstance(message, Signal):
@@ -492,6 +503,7 @@ class ClientProtocol:
             field=error.field,
             errors=error.errors,
             request_id=request.request_id,
+            hint=self._clock.explain() if is_timestamp_error(error) else None,
         )
         return [RequestAnswered(request.request_id, error=exc)]
 

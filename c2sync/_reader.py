@@ -71,6 +71,9 @@ class Stats:
         dropped: messages dropped because the recv() queue was full.
         malformed: frames skipped because they were not valid messages.
         duplicates: replayed signals dropped because they were already delivered.
+        clock_skew: the server's clock minus the local one in seconds, at the last
+            ``connection.connected`` or ``heartbeat`` (None before the first); positive
+            when the local clock is behind (docs/api-contract.md "Clocks and proxies").
     """
 
     messages: int = 0
@@ -81,6 +84,7 @@ class Stats:
     dropped: int = 0
     malformed: int = 0
     duplicates: int = 0
+    clock_skew: float | None = None
 
 
 class ReaderHost(Protocol):
@@ -236,6 +240,7 @@ class Reader:
                 except Exception as exc:
                     events.append(Malformed(unreadable(exc)))
             frames = host.protocol.data_to_send()
+            host.stats.clock_skew = host.protocol.clock_skew
         # Section 5: heartbeats are answered here, before any user code sees anything.
         for frame in frames:
             link.send(frame)

@@ -28,6 +28,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 from ._dispatcher import Dispatcher
@@ -59,7 +60,12 @@ class Session:
         self.options = options
         checkpoint = options.checkpoint
         resume = checkpoint.load() if checkpoint is not None else {}
-        self.protocol = ClientProtocol(options.heartbeat_timeout, resume_points=resume)
+        self.protocol = ClientProtocol(
+            options.heartbeat_timeout,
+            resume_points=resume,
+            wallclock=_utc_now,
+            correct_clock=options.correct_clock,
+        )
         self.stats = Stats()
         self.connected_message: Message | None = None
         self.dispatcher = Dispatcher(self._hand_out, self._processed)
@@ -117,6 +123,7 @@ class Session:
                 # Raises ProtocolError unless this is connection.connected (section 4).
                 (event,) = self.protocol.receive(first, time.monotonic())
                 assert isinstance(event, Connected)
+                self.stats.clock_skew = self.protocol.clock_skew
                 self.connected_message = event.message
                 self.connected_at = time.monotonic()
                 self._count_resumes()
@@ -362,6 +369,10 @@ class Session:
     def threads(self) -> list[threading.Thread]:
         candidates: list[Any] = [self.reader.thread, self.watchdog.thread, self.dispatcher.thread]
         return [t for t in candidates if t is not None and t.ident is not None]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)  # the wall clock the core measures skew against
 
 
 def _closed_by_user() -> BaseException:

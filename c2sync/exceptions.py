@@ -165,6 +165,8 @@ class ServerError(C2Error):
         message: the human-readable message.
         errors: every error when the server sent a list, else a one-item tuple.
         request_id: the request it answers, or None.
+        hint: what the client adds to the text (a refused ``Timestamp`` names the clock's
+            measured skew, docs/api-contract.md "Clocks and proxies"), or None.
     """
 
     def __init__(
@@ -175,17 +177,21 @@ class ServerError(C2Error):
         field: str | None = None,
         errors: tuple[ErrorDetail, ...] = (),
         request_id: str | None = None,
+        hint: str | None = None,
     ) -> None:
         self.code = code
         self.field = field
         self.message = message
         self.errors = errors
         self.request_id = request_id
+        self.hint = hint
         text = f"{code}: {message}"
         if field:
             text += f" (field {field})"
         if len(errors) > 1:
             text += f" and {len(errors) - 1} more error(s)"
+        if hint:
+            text += f": {hint}"
         super().__init__(text)
 
 

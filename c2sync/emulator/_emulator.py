@@ -164,6 +164,7 @@ class Emulator(FaultKnobs):
         max_subscriptions: int = MAX_SUBSCRIPTIONS,
         echo_request_id_on_error: bool = True,
         timestamp_window: float = TIMESTAMP_WINDOW,
+        clock_offset: float = 0.0,
     ) -> None:
         """Configure the emulator; nothing listens until :meth:`start`.
 
@@ -185,6 +186,9 @@ class Emulator(FaultKnobs):
             echo_request_id_on_error: put the request's ``request_id`` on ``error``
                 answers; False reproduces the docs' example error, which carries none.
             timestamp_window: seconds a client ``timestamp`` may be off UTC (section 3).
+            clock_offset: seconds the emulator's clock runs ahead of this machine's
+                (negative: behind). Its timestamps and its timestamp window use that
+                clock, so a test can play a client whose clock is off by as much.
 
         Raises:
             ValueError: a limit or interval is out of range, or a strategy id is not a
@@ -209,6 +213,7 @@ class Emulator(FaultKnobs):
             max_connections_per_key=max_connections_per_key,
             max_subscriptions=max_subscriptions,
             timestamp_window=timestamp_window,
+            clock_offset=float(clock_offset),
         )
         self._server = EmulatorServer(settings, echo_request_id=echo_request_id_on_error)
         self._runner = _LoopThread()

@@ -20,6 +20,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -99,12 +100,15 @@ def new_frame(
     seq_id: int | None = None,
     request_id: str | None = None,
     payload: Mapping[str, Any] | None = None,
+    clock_offset: float = 0.0,
 ) -> str:
-    """A server frame stamped now, with a fresh id unless given (see ``encode_frame``)."""
+    """A server frame stamped now (on a clock ``clock_offset`` seconds ahead of this
+    machine's), with a fresh id unless given (see ``encode_frame``)."""
+    now = datetime.now(timezone.utc) + timedelta(seconds=clock_offset)
     return encode_frame(
         msg_type,
         ident=ident or _new_id(),
-        timestamp=format_timestamp(),
+        timestamp=format_timestamp(now),
         seq_id=seq_id,
         request_id=request_id,
         payload=payload,
@@ -132,6 +136,7 @@ class _Session:
     headers: dict[str, str] = attrs.field(repr=False)  # holds the Authorization header
     opened_at: float
     heartbeats: Heartbeats
+    clock_offset: float  # seconds the emulator's clock runs ahead (Settings.clock_offset)
     queue: asyncio.Queue[str | bytes | Close] = attrs.field(factory=asyncio.Queue)  # Close: last
     running: asyncio.Event = attrs.field(factory=asyncio.Event)  # clear while stalled
     subscriptions: set[tuple[str, int]] = attrs.field(factory=set)
@@ -189,7 +194,8 @@ class _Session:
                 with cond:
                     self.heartbeats.sent(ident, time.monotonic())
                     cond.notify_all()
-                self.queue.put_nowait(new_frame(HEARTBEAT, ident=ident))
+                frame = new_frame(HEARTBEAT, ident=ident, clock_offset=self.clock_offset)
+                self.queue.put_nowait(frame)
 
     def arm_deadline(self, enforced: bool) -> None:
         """(Re)start the ack deadline from now (section 5), unless the rules suspend it:
@@ -326,6 +332,7 @@ class EmulatorServer:
                 headers,
                 time.monotonic(),
                 Heartbeats(self.settings.heartbeat_timeout),
+                self.settings.clock_offset,
             )
             self.sessions.append(session)
             self.cond.notify_all()
@@ -340,7 +347,7 @@ class EmulatorServer:
             if plan.first is not None:
                 session.queue.put_nowait(plan.first)
             elif not plan.silent:
-                session.queue.put_nowait(new_frame(CONNECTED))  # section 4: first frame
+                session.queue.put_nowait(self._new_frame(CONNECTED))  # section 4: first frame
             session.tasks.append(asyncio.create_task(session.write()))
             beating = lambda: self._heartbeats_on  # noqa: E731 (read at each beat)
             beat = session.beat(self.settings.heartbeat_interval, self.cond, beating)
@@ -383,7 +390,7 @@ class EmulatorServer:
 
     def _on_ack(self, session: _Session, message: Mapping[str, Any]) -> None:
         window = self.settings.timestamp_window
-        problem = timestamp_problem(message.get("timestamp"), time.time(), window)
+        problem = timestamp_problem(message.get("timestamp"), self._now_utc(), window)
         if problem is not None:  # not counted: the deadline keeps running
             self._error(session, message.get("request_id"), [problem])
             return
@@ -396,7 +403,7 @@ class EmulatorServer:
         """Section 6: the rules decide; record, apply, ack; then replay on resume (7)."""
         verdict = check_subscription(
             message,
-            now_utc=time.time(),
+            now_utc=self._now_utc(),
             window=self.settings.timestamp_window,
             strategies=self.settings.strategies,
             subscribed=session.subscriptions,
@@ -409,7 +416,7 @@ class EmulatorServer:
         if verdict.problems:
             self._error(session, verdict.request_id, verdict.problems)
             return
-        ack = new_frame(
+        ack = self._new_frame(
             SUBSCRIPTION_ACK, request_id=verdict.request_id, payload=verdict.ack_payload()
         )
         session.queue.put_nowait(ack)
@@ -418,27 +425,36 @@ class EmulatorServer:
             for frame in replay.frames:
                 session.queue.put_nowait(frame)
             if replay.gap is not None:
-                session.queue.put_nowait(new_frame(GAP, payload=replay.gap))
+                session.queue.put_nowait(self._new_frame(GAP, payload=replay.gap))
         # From here on, live signals are queued behind the replay: same loop step.
 
     def _error(self, session: _Session, request_id: object, problems: Sequence[Detail]) -> None:
         echo = error_request_id(request_id, self.echo_request_id)
-        frame = new_frame(ERROR, request_id=echo, payload=error_payload(problems))
+        frame = self._new_frame(ERROR, request_id=echo, payload=error_payload(problems))
         session.queue.put_nowait(frame)
+
+    # -- the emulator's clock (Settings.clock_offset) ----------------------------------
+
+    def _now_utc(self) -> float:
+        """The emulator's UTC time, POSIX seconds, for the timestamp window (section 3)."""
+        return time.time() + self.settings.clock_offset
+
+    def _new_frame(self, msg_type: str, **fields: Any) -> str:
+        return new_frame(msg_type, clock_offset=self.settings.clock_offset, **fields)
 
     # -- publishing --------------------------------------------------------------------
 
     def publish_signal(self, strategy_id: int, payload: Mapping[str, Any] | None) -> int:
         seq = self.log.next_seq(strategy_id)
         body = signal_payload(strategy_id, seq, self._rng) if payload is None else payload
-        frame = new_frame(SIGNAL, seq_id=seq, payload=body)  # may raise: seq not taken
+        frame = self._new_frame(SIGNAL, seq_id=seq, payload=body)  # may raise: seq not taken
         self.log.append(strategy_id, seq, frame)
         self._fan_out((SIGNAL, strategy_id), frame)
         return seq
 
     def publish_positions(self, strategy_id: int, payload: Mapping[str, Any] | None) -> int:
         body = positions_payload(strategy_id, self._rng) if payload is None else payload
-        return self._fan_out((POSITIONS, strategy_id), new_frame(POSITIONS, payload=body))
+        return self._fan_out((POSITIONS, strategy_id), self._new_frame(POSITIONS, payload=body))
 
     def _fan_out(self, pair: tuple[str, int], frame: str) -> int:
         sent = 0

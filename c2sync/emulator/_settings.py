@@ -26,3 +26,6 @@ class Settings:
     max_connections_per_key: int
     max_subscriptions: int
     timestamp_window: float
+    # Seconds the emulator's clock runs ahead of the machine's (negative: behind): what it
+    # stamps and what its timestamp window compares with (tests of client clock skew).
+    clock_offset: float = 0.0
