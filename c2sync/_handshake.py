@@ -17,8 +17,9 @@ import os
 import socket
 import time
 from typing import Any, NamedTuple
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
+from ._proxy import HttpProxy
 from ._spec import AUTH_HEADER
 from .exceptions import (
     AuthenticationError,
@@ -34,9 +35,7 @@ __all__ = [
     "MAX_BODY",
     "MAX_HEADERS",
     "Deadline",
-    "Proxy",
     "Target",
-    "parse_proxy",
     "redact",
     "refusal",
     "tunnel",
@@ -67,32 +66,6 @@ class Target(NamedTuple):
             secure,
             (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
         )
-
-
-class Proxy(NamedTuple):
-    """An HTTP proxy: where it is, and its ``Proxy-Authorization`` value ("" for none)."""
-
-    host: str
-    port: int
-    authorization: str
-
-
-def parse_proxy(proxy: str | None) -> Proxy | None:
-    """``"http://[user:pass@]host:port"`` read; None or "" for no proxy.
-
-    Raises:
-        ValueError: not an http:// proxy URL with a host.
-    """
-    if not proxy:
-        return None
-    parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("proxy must be an http://[user:pass@]host:port URL")
-    authorization = ""
-    if parts.username:
-        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        authorization = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
-    return Proxy(parts.hostname, parts.port or 80, authorization)
 
 
 def redact(text: str, *secrets: str) -> str:
@@ -138,23 +111,24 @@ def send_all(sock: socket.socket, data: bytes, deadline: float) -> None:
     sock.sendall(data)
 
 
-def tunnel(sock: socket.socket, target: Target, proxy: Proxy, deadline: float) -> None:
+def tunnel(sock: socket.socket, target: Target, proxy: HttpProxy, deadline: float) -> None:
     """Ask an HTTP proxy for a tunnel to the target (CONNECT, RFC 9110 9.3.6).
 
     Raises:
-        HandshakeError: the proxy refused (its status; credentials it echoes redacted).
+        HandshakeError: the proxy refused (its status; the proxy named with its
+            credentials redacted, and whatever it echoes of them too).
     """
-    where = f"{target.host}:{target.port}"
-    lines = [f"CONNECT {where} HTTP/1.1", f"Host: {where}"]
-    if proxy.authorization:
-        lines.append(f"Proxy-Authorization: {proxy.authorization}")
-    send_all(sock, ("\r\n".join(lines) + "\r\n\r\n").encode("ascii"), deadline)
+    send_all(sock, proxy.connect_request(target.host, target.port), deadline)
     status, headers, _ = read_head(Deadline(sock, deadline))
     if status != 200:
-        secret = proxy.authorization.partition(" ")[2]
+        secret = (proxy.authorization or "").partition(" ")[2]
         headers = {name: redact(value, secret) for name, value in headers.items()}
         raise HandshakeError(
-            status, headers, "", message=f"the proxy refused the tunnel to {where}"
+            status,
+            headers,
+            "",
+            message=f"the proxy {proxy.safe_url} refused the tunnel to "
+            f"{target.host}:{target.port}",
         )
 
 

@@ -46,8 +46,9 @@ from typing import Any, Union
 import websocket
 
 from ._framing import CloseFrame, FrameError, FrameReader
-from ._handshake import Deadline, Target, parse_proxy, tunnel, upgrade
+from ._handshake import Deadline, Target, tunnel, upgrade
 from ._options import Options
+from ._proxy import parse_proxy, resolve_proxy
 from .exceptions import ConnectionClosed, HandshakeError, ProtocolError
 
 __all__ = ["Link"]
@@ -111,9 +112,11 @@ class Link:
         target = self._target
         phase = f"could not connect to {target.host}:{target.port}"
         try:
-            proxy = parse_proxy(options.proxy)
+            # proxy=None reads HTTPS_PROXY/NO_PROXY as requests does; "" means none.
+            proxy_url = resolve_proxy(options.url, options.proxy, os.environ)
+            proxy = parse_proxy(proxy_url) if proxy_url else None
             if proxy is not None:
-                phase = f"no answer from the proxy {proxy.host}:{proxy.port}"
+                phase = f"no answer from the proxy {proxy.safe_url}"
                 sock = self._connect_tcp(proxy.host, proxy.port, deadline)
                 tunnel(sock, target, proxy, deadline)
             else:

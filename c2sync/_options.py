@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from ._framing import DEFAULT_MAX_SIZE
+from ._proxy import parse_proxy
 from ._spec import DEFAULT_URL, HEARTBEAT_TIMEOUT
 from .checkpoint import Checkpoint, FileCheckpoint
 from .reconnect import ReconnectPolicy
@@ -113,6 +114,10 @@ class Options:
             store = FileCheckpoint(checkpoint)
         else:
             raise TypeError("checkpoint must be a path or an object with load() and save()")
+        if proxy is not None and not isinstance(proxy, str):
+            raise TypeError("proxy must be a str ('http://host:port', or '' for none) or None")
+        if proxy:
+            parse_proxy(proxy)  # a bad proxy URL is a ValueError now, not at connect()
         if type(max_message_size) is not int or max_message_size < 1:
             raise ValueError("max_message_size must be a positive int (bytes)")
         if link_factory is not None and not callable(link_factory):

@@ -3,9 +3,7 @@ goes through the CONNECT proxy named by HTTP(S)_PROXY, bypasses it for a NO_PROX
 the proxy's user:pass never appears in logs, reprs or errors.
 
 The emulator listens on ws://, so the variable is HTTP_PROXY (HTTPS_PROXY is for wss://;
-the choice itself is unit-tested in tests/test_proxy.py). Tests marked ``WIRING`` wait for
-the link to use ``c2sync._proxy`` (the lead's part of issue 18): they fail today and are
-strict xfails, so the merge that wires it must drop the mark.
+the choice itself is unit-tested in tests/test_proxy.py).
 """
 
 from __future__ import annotations
@@ -23,9 +21,6 @@ from .conftest import API_KEY, STRATEGY
 from .connect_proxy import ConnectProxy
 
 USER, PASSWORD = "alice", "s3cret-proxy-pw"
-WIRING = pytest.mark.xfail(
-    strict=True, reason="the link does not use c2sync._proxy yet (issue 18, the lead's part)"
-)
 PROXY_VARIABLES = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "NO_PROXY",
                    "no_proxy", "ALL_PROXY", "all_proxy", "REQUEST_METHOD")
 
@@ -81,7 +76,6 @@ def test_a_no_proxy_host_bypasses_the_proxy(
     assert proxy.connects == []
 
 
-@WIRING
 def test_an_empty_proxy_disables_the_environment(
     emulator: Emulator, proxy: ConnectProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -120,7 +114,6 @@ def test_proxy_credentials_never_show(
     assert PASSWORD not in shown
 
 
-@WIRING
 def test_a_refusing_proxy_is_named_redacted(
     emulator: Emulator, caplog: pytest.LogCaptureFixture
 ) -> None:
