@@ -1006,3 +1006,21 @@ def test_gap_says_where_the_missing_range_starts() -> None:
     other = server("gap", payload={"channel": f"strategy.signal:{OTHER}", "from": 1})
     (unknown,) = delivered(proto.receive(other, 2.0))
     assert isinstance(unknown, Gap) and unknown.missing_after is None
+
+
+def test_memory_does_not_grow_with_invented_strategy_ids() -> None:
+    """50k strategy ids nobody asked for leave no per-strategy state behind (traced bytes)."""
+    import tracemalloc
+
+    proto = connected()
+    subscribe(proto)
+    frames = [signal(1, STRATEGY + i) for i in range(1, 50_001)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for frame in frames:
+            proto.receive(frame, 2.0)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 256 * 1024, f"{grown} bytes kept for 50k invented strategy ids"
