@@ -24,7 +24,7 @@ from collections.abc import Callable
 from .exceptions import QueueOverflow
 from .messages import Message, Signal
 
-__all__ = ["Inbox"]
+__all__ = ["Inbox", "Replays"]
 
 logger = logging.getLogger("c2sync")
 
@@ -44,10 +44,7 @@ class Inbox:
         self._queue: deque[Message] = deque()
         self._waiting = 0  # callers blocked in get(): notify only when someone waits
         self._overflow = 0  # dropped since the last QueueOverflow was raised
-        # Replays asked for after an overflow: {strategy_id: last seq_id to let past the
-        # bound}, and the (strategy_id, seq_id) of such signals still queued.
-        self._replay_until: dict[int, int] = {}
-        self._exempt: set[tuple[int, int]] = set()
+        self._replays = Replays()  # asked for by the user: admitted beyond the bound
         self._end: Callable[[], BaseException] | None = None
         self._discard = False  # ended by close(): what is queued is not handed out
 
@@ -57,16 +54,17 @@ class Inbox:
         Returns:
             How many were dropped.
         """
-        exempt = [self._replay_key(m) for m in messages] if self._replay_until else None
         with self._cond:
             queue = self._queue
             queue.extend(messages)
-            if exempt is not None:
-                self._exempt.update(key for key in exempt if key is not None)
+            replays = self._replays
+            if replays.active:
+                for message in messages:
+                    replays.admit(message)
             # The newest max_queue are kept, plus a replay asked for after an overflow.
             dropped = 0
-            while len(queue) > self.max_queue + len(self._exempt):
-                self._forget_exempt(queue.popleft())
+            while len(queue) > self.max_queue + len(replays):
+                replays.release(queue.popleft())
                 dropped += 1
             if dropped:
                 if not self._overflow:
@@ -80,36 +78,8 @@ class Inbox:
 
     def get(self, deadline: float | None) -> Message:
         """The oldest message, waiting until ``deadline`` (``time.monotonic()``; None: no
-        limit, and Ctrl-C still interrupts).
-
-        Raises:
-            QueueOverflow: messages were dropped since the last call (once).
-            TimeoutError: nothing by ``deadline``.
-            C2Error: the inbox ended (the error it was ended with), once it is empty; at
-                once when it was ended by ``close()``.
-        """
-        with self._cond:
-            while True:
-                end = self._end
-                if end is not None and self._discard:
-                    raise end()
-                if self._overflow:
-                    dropped, self._overflow = self._overflow, 0
-                    raise QueueOverflow(dropped, self._last_seq())
-                if self._queue:
-                    message = self._queue.popleft()
-                    self._forget_exempt(message)
-                    return message
-                if end is not None:
-                    raise end()
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise TimeoutError("no message in time")
-                self._waiting += 1
-                try:
-                    self._cond.wait(remaining)
-                finally:
-                    self._waiting -= 1
+        limit, and Ctrl-C still interrupts). Raises what :meth:`get_many` raises."""
+        return self.get_many(1, deadline)[0]
 
     def get_many(self, limit: int, deadline: float | None) -> list[Message]:
         """Up to ``limit`` of the oldest messages, in order, in one lock round trip; waits
@@ -132,9 +102,8 @@ class Inbox:
                 queue = self._queue
                 if queue:
                     taken = [queue.popleft() for _ in range(min(limit, len(queue)))]
-                    if self._exempt:
-                        for message in taken:
-                            self._forget_exempt(message)
+                    for message in taken:
+                        self._replays.release(message)
                     return taken
                 if end is not None:
                     raise end()
@@ -171,24 +140,52 @@ class Inbox:
             kept = [m for m in self._queue if not superseded(m, strategy_id, resume_from)]
             self._queue.clear()
             self._queue.extend(kept)
-            self._exempt = {e for e in self._exempt if e[0] != strategy_id or e[1] <= resume_from}
-            if replay_to > resume_from:
-                self._replay_until[strategy_id] = replay_to
+            self._replays.allow(strategy_id, resume_from, replay_to)
 
-    def _replay_key(self, message: Message) -> tuple[int, int] | None:
-        """The key of a signal that is part of a replay asked for after an overflow (it
-        does not count against ``max_queue``), else None."""
+
+class Replays:
+    """The signals of replays the user asked for (an explicit ``resume_from``), which a
+    bounded queue admits beyond its bound (docs/api-contract.md "Back-pressure"); bounded
+    themselves by the server's replay cap (docs/protocol.md section 7). Not thread-safe:
+    its owner calls it under its own lock.
+    """
+
+    def __init__(self) -> None:
+        # {strategy_id: last seq_id to let past the bound}, and the (strategy_id, seq_id)
+        # of such signals still held.
+        self._until: dict[int, int] = {}
+        self._exempt: set[tuple[int, int]] = set()
+
+    @property
+    def active(self) -> bool:
+        """Whether a replay is expected (only then must arrivals be looked at)."""
+        return bool(self._until)
+
+    def __len__(self) -> int:
+        return len(self._exempt)
+
+    def allow(self, strategy_id: int, resume_from: int, replay_to: int) -> None:
+        """A replay from ``resume_from`` supersedes what was held above it; admit it up to
+        ``replay_to``."""
+        self._exempt = {e for e in self._exempt if e[0] != strategy_id or e[1] <= resume_from}
+        if replay_to > resume_from:
+            self._until[strategy_id] = replay_to
+
+    def admit(self, message: object) -> None:
+        """Note an arriving message that belongs to such a replay."""
         if not isinstance(message, Signal) or message.strategy_id is None:
-            return None
+            return
         strategy_id = message.strategy_id
-        until = self._replay_until.get(strategy_id)
+        until = self._until.get(strategy_id)
         if until is None:
-            return None
+            return
         if message.seq_id >= until:
-            del self._replay_until[strategy_id]
-        return (strategy_id, message.seq_id) if message.seq_id <= until else None
+            del self._until[strategy_id]
+        if message.seq_id <= until:
+            self._exempt.add((strategy_id, message.seq_id))
 
-    def _forget_exempt(self, message: Message) -> None:
+    def release(self, message: object) -> None:
+        """A message left the queue (handed out or dropped)."""
         if self._exempt and isinstance(message, Signal):
             self._exempt.discard((message.strategy_id or 0, message.seq_id))
 

@@ -35,7 +35,7 @@ from .codec import (
     validate_strategy_id,
 )
 from .exceptions import ProtocolError, ServerError, SubscriptionLimitError
-from .messages import ErrorMessage, Message, Positions, Signal, SubscriptionAck
+from .messages import ErrorMessage, Gap, Message, Positions, Signal, SubscriptionAck
 
 logger = logging.getLogger("c2sync.protocol")
 
@@ -44,6 +44,27 @@ Pair = tuple[str, int]
 # Forgotten (timed-out) requests are remembered so a late answer is recognised, not
 # mistaken for another request's; bounded so a server that never answers cannot grow it.
 _MAX_FORGOTTEN = 1000
+# A seq_id this far below the highest held is beyond any replay boundary (docs/protocol.md
+# section 7 caps a replay at 1000): the server restarted its numbering
+# (docs/api-contract.md "Reconnecting").
+RESTART_DISTANCE = 1000
+MAX_SEQ_ID = 2**63 - 1  # the largest valid seq_id (a signed 64-bit integer)
+
+
+def valid_seq_id(seq_id: object) -> bool:
+    """Whether ``seq_id`` can order a signal stream: an ``int`` (not ``bool``) in 1..2**63-1."""
+    return type(seq_id) is int and 0 < seq_id <= MAX_SEQ_ID
+
+
+@attrs.define(slots=True)
+class _Stream:
+    """What the client holds of one strategy's signal stream (a strategy the user asked
+    to subscribe to: these are bounded by the user's own requests, never by the server)."""
+
+    held: int | None = None  # the highest seq_id let into the queues: the resume point
+    delivered: int | None = None  # the last seq_id handed out
+    restarts: int = 0  # far-backwards seq_ids seen (the server restarted its numbering)
+    restart_seq: int | None = None  # the seq_id that last restarted the numbering
 
 
 # Events --------------------------------------------------------------------------------
@@ -162,8 +183,9 @@ class ClientProtocol:
         self._resume_points = dict(resume_points or {})
         self._subscriptions: dict[Pair, None] = {}  # held by the server; ordered for restore
         self._outstanding: dict[str, _Request] = {}  # in the order sent
-        self._delivered: dict[int, int] = {}  # last seq_id handed to the user, per strategy
-        self._accepted: dict[int, int] = {}  # last seq_id let into the queues, per strategy
+        # Per strategy the user asked to subscribe to (never per strategy a server names).
+        self._streams: dict[int, _Stream] = {}
+        self.invalid_seq_ids = 0  # strategy.signal frames whose seq_id could order nothing
         self._outgoing: list[str] = []
         self._awaiting_connected = False
         self._open = False
@@ -194,7 +216,35 @@ class ClientProtocol:
     @property
     def last_delivered(self) -> dict[int, int]:
         """``{strategy_id: last seq_id handed to the user}``."""
-        return dict(self._delivered)
+        return {sid: s.delivered for sid, s in self._streams.items() if s.delivered is not None}
+
+    def resume_point(self, strategy_id: int) -> int | None:
+        """The highest ``seq_id`` held for the strategy (handed out or still queued), else
+        the checkpoint's, else None: where a subscription resumes (docs/api-contract.md
+        "Reconnecting")."""
+        stream = self._streams.get(strategy_id)
+        if stream is not None and stream.held is not None:
+            return stream.held
+        return self._resume_points.get(strategy_id)
+
+    def checkpoint_kind(self, strategy_id: int, seq_id: int) -> str | None:
+        """How the processed signal ``seq_id`` goes into a checkpoint: ``"save"``;
+        ``"restart"`` once for the one that restarted its strategy's numbering (the
+        checkpoint goes down to it); None for a strategy nobody asked for (no state is kept
+        for those, the checkpoint included)."""
+        stream = self._streams.get(strategy_id)
+        if stream is None:
+            return None
+        if stream.restart_seq == seq_id:
+            stream.restart_seq = None
+            return "restart"
+        return "save"
+
+    def _stream(self, strategy_id: int) -> _Stream:
+        stream = self._streams.get(strategy_id)
+        if stream is None:
+            stream = self._streams[strategy_id] = _Stream()
+        return stream
 
     def is_dead(self, now: float) -> bool:
         """Whether the heartbeat deadline has passed (section 5)."""
@@ -232,10 +282,11 @@ class ClientProtocol:
     def restore_subscriptions(self) -> None:
         """Queue a request for every held subscription (after reconnecting, section 9).
 
-        Signal subscriptions resume from the last ``seq_id`` handed to the user.
+        Signal subscriptions resume from the highest ``seq_id`` held: handed out, or still
+        waiting in the queue or the callbacks' backlog (they survive the reconnect).
         """
         for channel, strategy_id in self._subscriptions:
-            resume = self._delivered.get(strategy_id) if channel == SIGNAL else None
+            resume = self.resume_point(strategy_id) if channel == SIGNAL else None
             request = self._new_request(SUBSCRIBE, channel, strategy_id, resume, False, False)
             self._outgoing.append(self._encode(request))
 
@@ -275,10 +326,10 @@ class ClientProtocol:
                 raise SubscriptionLimitError(
                     f"a connection holds at most {self.max_subscriptions} subscriptions"
                 )
-        if action == SUBSCRIBE and resume_from is None and channel == SIGNAL:
-            resume_from = self._delivered.get(strategy_id)
+        if action == SUBSCRIBE and channel == SIGNAL:
+            self._stream(strategy_id)  # from now on its signals are ordered and deduplicated
             if resume_from is None:
-                resume_from = self._resume_points.get(strategy_id)
+                resume_from = self.resume_point(strategy_id)
         request = self._new_request(action, channel, strategy_id, resume_from, explicit, True)
         return request.request_id, self._encode(request)
 
@@ -404,6 +455,10 @@ class ClientProtocol:
             return [HeartbeatAnswered(message)]
         if isinstance(message, Signal):
             return [self._accept_signal(message)]
+        if msg_type == SIGNAL:
+            return [self._invalid_seq_id(message)]
+        if isinstance(message, Gap):
+            return [self._gap(message)]
         if isinstance(message, SubscriptionAck):
             return self._on_ack(message)
         if isinstance(message, ErrorMessage):
@@ -422,21 +477,76 @@ class ClientProtocol:
         return ids[0] if len(ids) == 1 else None
 
     def _accept_signal(self, signal: Signal) -> Event:
+        if not valid_seq_id(signal.seq_id):
+            return self._invalid_seq_id(signal)
         strategy_id = signal.strategy_id
         if strategy_id is None:
             strategy_id = self._only_subscription(SIGNAL)
             if strategy_id is None:
                 return Deliver(signal)  # no strategy to order it by: pass it through
             signal = attrs.evolve(signal, strategy_id=strategy_id)
-        last = self._accepted.get(strategy_id)
-        if last is not None and signal.seq_id <= last:
-            return Duplicate(signal)
-        self._accepted[strategy_id] = signal.seq_id
-        if strategy_id not in self._delivered:
-            # The first signal seen sets the resume point just below itself, so a drop
-            # before the user reads it still resumes from here (section 7).
-            self._delivered[strategy_id] = signal.seq_id - 1
+        stream = self._streams.get(strategy_id)
+        if stream is None:
+            # Nobody asked for this strategy: delivered (nothing lost) but no state is kept,
+            # so a server inventing strategy ids cannot grow memory (docs/api-contract.md
+            # "Back-pressure"); no dedupe and no resume point either.
+            return Deliver(signal)
+        seq_id, held = signal.seq_id, stream.held
+        if held is not None and seq_id <= held:
+            if held - seq_id <= RESTART_DISTANCE:
+                return Duplicate(signal)
+            self._restarted(strategy_id, stream, seq_id)
+        stream.held = seq_id
         return Deliver(signal)
+
+    def _restarted(self, strategy_id: int, stream: _Stream, seq_id: int) -> None:
+        """A seq_id far below the highest held: the server restarted its numbering."""
+        stream.restarts += 1
+        stream.restart_seq = seq_id
+        level = logging.WARNING if stream.restarts == 1 else logging.DEBUG
+        logger.log(
+            level,
+            "strategy %s: seq_id %d arrived after %d (more than %d below): the server "
+            "restarted its numbering; delivering it and resuming from it (restart %d of "
+            "this strategy; later ones are logged at DEBUG)",
+            strategy_id,
+            seq_id,
+            stream.held,
+            RESTART_DISTANCE,
+            stream.restarts,
+        )
+
+    def _invalid_seq_id(self, message: Message) -> Event:
+        """A ``strategy.signal`` whose ``seq_id`` is missing, not an int, or out of range:
+        delivered as a plain :class:`Message` (``raw`` intact), never used for ordering."""
+        self.invalid_seq_ids += 1
+        count = self.invalid_seq_ids
+        if count & (count - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a flood cannot flood logs
+            logger.warning(
+                "a %s with an invalid seq_id %r: delivered as a plain Message, not used for "
+                "duplicates or resume points (%d so far)",
+                SIGNAL,
+                message.raw.get("seq_id"),
+                count,
+            )
+        if type(message) is not Message:
+            message = Message(
+                msg_type=message.msg_type,
+                id=message.id,
+                seq_id=None,
+                request_id=message.request_id,
+                timestamp=message.timestamp,
+                v=message.v,
+                payload=message.payload,
+                raw=message.raw,
+            )
+        return Deliver(message)
+
+    def _gap(self, gap: Gap) -> Event:
+        """Say where the missing range starts: after the highest seq_id held."""
+        stream = self._streams.get(gap.strategy_id)
+        held = stream.held if stream is not None else None
+        return Deliver(attrs.evolve(gap, missing_after=held))
 
     def _find_request(self, message: Message, ack: SubscriptionAck | None) -> _Request | None:
         if message.request_id is not None:
@@ -465,15 +575,15 @@ class ClientProtocol:
         else:
             self._subscriptions[pair] = None
             resume = request.resume_from
-            if request.explicit_resume and resume:
-                # The user asked for a replay from here: it supersedes what is queued.
-                replay_to = max(resume, self._accepted.get(request.strategy_id, resume))
-                self._delivered[request.strategy_id] = resume
-                self._accepted[request.strategy_id] = resume
-                events.append(ReplayRestarted(request.strategy_id, resume, replay_to))
-            elif resume and request.channel == SIGNAL:
-                self._delivered.setdefault(request.strategy_id, resume)
-                self._accepted.setdefault(request.strategy_id, resume)
+            if request.channel == SIGNAL:
+                stream = self._stream(request.strategy_id)  # a late ack too: it is held
+                if request.explicit_resume and resume:
+                    # The user asked for a replay from here: it supersedes what is queued.
+                    replay_to = max(resume, stream.held if stream.held is not None else resume)
+                    stream.held = stream.delivered = resume
+                    events.append(ReplayRestarted(request.strategy_id, resume, replay_to))
+                elif resume and stream.held is None:
+                    stream.held = resume
         if request.waited and not request.forgotten:
             events.append(RequestAnswered(request.request_id, ack=ack))
         return events
@@ -512,12 +622,16 @@ class ClientProtocol:
     def hand_out(self, message: Message) -> bool:
         """Record that ``message`` is about to reach the user.
 
+        Duplicates were dropped as they arrived (:meth:`receive`); a signal reaching here
+        is handed out whatever the last one was (the queue and the callbacks' backlog may
+        interleave a strategy's signals when callbacks come and go, and a server that
+        restarted its numbering goes down).
+
         Returns:
-            False for a signal already handed out (a duplicate: drop it), else True.
+            True (kept for the callers' sake: nothing is refused here).
         """
         if isinstance(message, Signal) and message.strategy_id is not None:
-            last = self._delivered.get(message.strategy_id)
-            if last is not None and message.seq_id <= last:
-                return False
-            self._delivered[message.strategy_id] = message.seq_id
+            stream = self._streams.get(message.strategy_id)
+            if stream is not None:
+                stream.delivered = message.seq_id
         return True

@@ -31,7 +31,7 @@ from typing import Protocol
 import attrs
 
 from ._dispatcher import Dispatcher
-from ._inbox import Inbox, superseded
+from ._inbox import Inbox
 from ._lifecycle import Lifecycle, State
 from ._link import Link
 from ._options import Options
@@ -68,7 +68,8 @@ class Stats:
         acks_sent: heartbeat acks sent.
         last_heartbeat: when the last heartbeat arrived (aware UTC), or None.
         reconnects: successful reconnections.
-        dropped: messages dropped because the recv() queue was full.
+        dropped: messages dropped because the recv() queue or the callbacks' backlog
+            was full.
         malformed: frames skipped because they were not valid messages.
         duplicates: replayed signals dropped because they were already delivered.
         clock_skew: the server's clock minus the local one in seconds, at the last
@@ -147,6 +148,7 @@ class Reader:
                     host.fail(loss)
                     return
                 logger.warning("%s; reconnecting", loss)
+                host.dispatcher.post_error(loss)  # survived: on_error is told
                 if not host.life.move(State.RECONNECTING):
                     return
                 link, backoff = self._reconnect(loss, backoff)
@@ -181,6 +183,7 @@ class Reader:
                     host.fail(exc)
                     return None, backoff
                 logger.warning("reconnect failed: %s", exc)
+                host.dispatcher.post_error(exc)  # survived: on_error is told
                 error = exc
                 continue
             with host.lock:
@@ -281,7 +284,7 @@ class Reader:
             strategy_id, resume_from = event.strategy_id, event.resume_from
             host.inbox.purge(strategy_id, resume_from, event.replay_to)
             host.book.resumed((SIGNAL, strategy_id), host.protocol.subscriptions)
-            host.dispatcher.purge(lambda m: superseded(m, strategy_id, resume_from))
+            host.dispatcher.purge(strategy_id, resume_from, event.replay_to)
 
     def _deliver(self, messages: list[Message]) -> None:
         """Hand on the messages one read brought: those with callbacks to the dispatcher in
@@ -295,8 +298,10 @@ class Reader:
         for message in messages:
             if isinstance(message, Gap):
                 logger.warning(
-                    "gap in strategy %s signals after seq_id %s: %s (fetch them from the REST API)",
+                    "gap in strategy %s signals: missing after seq_id %s (the replay from %s "
+                    "stopped): %s (fetch them from the REST API)",
                     message.strategy_id,
+                    message.missing_after,
                     message.from_seq,
                     message.message,
                 )
@@ -306,9 +311,12 @@ class Reader:
             else:
                 queued.append(message)
         if posts:
-            host.dispatcher.post_many(posts)
+            host.stats.dropped += host.dispatcher.post_many(posts)
         if queued:
-            host.stats.dropped += host.inbox.put_many(queued)
+            dropped = host.inbox.put_many(queued)
+            if dropped:
+                host.stats.dropped += dropped
+                host.dispatcher.overflowed(dropped)  # on_error is told as well
 
 
 def unreadable(exc: Exception) -> ProtocolError:

@@ -68,7 +68,9 @@ class Session:
         )
         self.stats = Stats()
         self.connected_message: Message | None = None
-        self.dispatcher = Dispatcher(self._hand_out, self._processed)
+        self.dispatcher = Dispatcher(
+            self._hand_out, self._processed, options.max_queue, self._last_delivered
+        )
         self.life = Lifecycle(self.dispatcher.post_state)
         self.lock = self.life.lock
         self.inbox = Inbox(options.max_queue, self._last_delivered)
@@ -259,8 +261,15 @@ class Session:
     def _processed(self, signal: Signal) -> None:
         checkpoint = self.options.checkpoint
         if checkpoint is not None and signal.strategy_id is not None:
+            with self.lock:
+                kind = self.protocol.checkpoint_kind(signal.strategy_id, signal.seq_id)
             try:
-                checkpoint.save(signal.strategy_id, signal.seq_id)
+                if kind == "restart":  # the server restarted its numbering: it goes down
+                    getattr(checkpoint, "restart", checkpoint.save)(
+                        signal.strategy_id, signal.seq_id
+                    )
+                elif kind == "save":
+                    checkpoint.save(signal.strategy_id, signal.seq_id)
             except Exception:
                 logger.exception("saving the checkpoint failed")
             if self.life.ended.is_set():
@@ -354,6 +363,10 @@ class Session:
         for thread in self.threads():
             if thread is not current and thread.is_alive():
                 thread.join(JOIN_BOUND)
+        # Whatever still waits (a callback that outlived the bound, or close() from a
+        # callback): no callback starts after close() returns (docs/api-contract.md
+        # "Receiving").
+        self.dispatcher.silence()
         if first:
             # After the dispatcher: a callback that returned during close() counts.
             self._flush_checkpoint()

@@ -25,7 +25,10 @@ class Checkpoint(Protocol):
 
     ``save`` is called from the client's threads once a signal counts as processed
     (docs/api-contract.md "Checkpoints"); it may batch, as long as ``flush`` (when present)
-    writes everything.
+    writes everything. An optional ``restart(strategy_id, seq_id)`` is called instead of
+    ``save`` for the signal with which the server restarted a strategy's numbering (a
+    ``seq_id`` far below the last one, docs/api-contract.md "Reconnecting"): the point
+    goes down to it. Without it, ``save`` is called.
     """
 
     def load(self) -> dict[int, int]:
@@ -94,6 +97,15 @@ class FileCheckpoint:
         with self._lock:
             if seq_id <= self._points.get(strategy_id, -1):
                 return
+            self._points[strategy_id] = seq_id
+            self._dirty = True
+            if time.monotonic() - self._written_at >= self.interval:
+                self._write()
+
+    def restart(self, strategy_id: int, seq_id: int) -> None:
+        """The server restarted the strategy's numbering: record ``seq_id`` even though it
+        is below the point held."""
+        with self._lock:
             self._points[strategy_id] = seq_id
             self._dirty = True
             if time.monotonic() - self._written_at >= self.interval:

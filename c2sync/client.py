@@ -313,12 +313,32 @@ class Client:
         return self._session.dispatcher.on(msg_type, callback)
 
     def off(self, handle: Handle) -> None:
-        """Remove a callback registered with :meth:`on`.
+        """Remove a callback registered with :meth:`on` or :meth:`on_error`.
+
+        Once this returns, that callback never starts again (a call of it already running
+        on the dispatcher thread is waited for, up to about a second; from inside a
+        callback, nothing is waited for).
 
         Raises:
             ValueError: the handle is not registered.
         """
         self._session.dispatcher.off(handle)
+
+    def on_error(self, callback: Callable[[BaseException], Any]) -> Handle:
+        """Call ``callback(exc)`` on the dispatcher thread for each failure the client
+        survived: a :class:`~c2sync.QueueOverflow` when callbacks or the recv() queue fell
+        ``max_queue`` messages behind (``.dropped``, ``.last_seq``), a lost connection it is
+        re-opening, a refused reconnect attempt. Never dropped.
+
+        Returns:
+            A :class:`Handle` for :meth:`off`.
+
+        Raises:
+            TypeError: ``callback`` is not callable.
+        """
+        if not callable(callback):
+            raise TypeError("callback must be callable")
+        return self._session.dispatcher.on_error(callback)
 
     def on_state(self, callback: Callable[[State], Any]) -> None:
         """Call ``callback(state)`` on the dispatcher thread at each change of :attr:`state`.

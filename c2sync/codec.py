@@ -242,7 +242,9 @@ def parse_message(text: str | bytes) -> Message:
     raw = obj
     seq_id = obj.get("seq_id")
     if seq_id is not None and type(seq_id) is not int:
-        raise ProtocolError(f"{msg_type}: seq_id is not an integer: {seq_id!r}")
+        if msg_type != SIGNAL:
+            raise ProtocolError(f"{msg_type}: seq_id is not an integer: {seq_id!r}")
+        seq_id = None  # a signal that cannot be ordered: a plain Message (see _signal)
     timestamp = obj.get("timestamp")
     if timestamp is not None:
         try:
@@ -298,9 +300,16 @@ def _payload_strategy_id(payload: Mapping[str, Any]) -> int | None:
     return found if found is not None else _strategy_id(payload.get("StrategyId"))
 
 
+_MAX_SEQ_ID = 2**63 - 1
+
+
 def _signal(common: dict[str, Any], payload: Mapping[str, Any]) -> Message:
-    if common["seq_id"] is None:
-        raise ProtocolError("strategy.signal without an integer seq_id")
+    seq_id = common["seq_id"]
+    if seq_id is None or not 0 < seq_id <= _MAX_SEQ_ID:
+        # Missing, not an integer, or out of range: it cannot be ordered, so it is passed
+        # through whole as a plain Message, raw intact (docs/api-contract.md "Reconnecting").
+        common["seq_id"] = None
+        return Message(**common)
     return Signal(strategy_id=_payload_strategy_id(payload), **common)
 
 

@@ -115,12 +115,16 @@ class Gap(Message):
         channel: e.g. ``"strategy.signal:12345678"``.
         from_seq: the ``resume_from`` the replay started from.
         message: the server's explanation.
+        missing_after: the highest ``seq_id`` the client held for the strategy when the
+            gap arrived (every signal up to it is delivered before the gap): the missing
+            ones start right after it. None when the client held none.
     """
 
     strategy_id: int
     channel: str
     from_seq: int
     message: str = ""
+    missing_after: int | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -1034,3 +1034,45 @@ def test_connect_may_be_retried_after_a_refusal(emulator: Emulator) -> None:
         assert isinstance(client.recv(timeout=WAIT), c2sync.Signal)
     with pytest.raises(RuntimeError):
         client.connect()  # a closed client does not reopen
+
+
+def test_a_callback_never_starts_after_off_or_close_returned(
+    client: c2sync.Client, emulator: Emulator
+) -> None:
+    """off() and close() are quiescent: after each returns, its callbacks never start again,
+    even while one of them is still running on the dispatcher thread."""
+    inside = threading.Event()
+    release = threading.Event()
+    after_off = threading.Event()
+    after_close = threading.Event()
+    removed = threading.Event()
+    closed = threading.Event()
+
+    def slow(message: c2sync.Message) -> None:
+        if removed.is_set():
+            after_off.set()  # a start after off() returned
+        if not inside.is_set():
+            inside.set()
+            release.wait(WAIT)  # still running while off() is called
+
+    def other(message: c2sync.Message) -> None:
+        if closed.is_set():
+            after_close.set()  # a start after close() returned
+        release.wait(WAIT)
+
+    handle = client.on(c2sync.SIGNAL, slow)
+    client.on(c2sync.SIGNAL, other)
+    client.subscribe(c2sync.SIGNAL, STRATEGY)
+    for _ in range(5):
+        emulator.publish_signal(STRATEGY)
+    assert inside.wait(WAIT)
+    releaser = threading.Timer(0.2, release.set)  # lets the running call end during off()
+    releaser.start()
+    client.off(handle)
+    removed.set()
+    client.close()
+    closed.set()
+    releaser.join(WAIT)
+    client.close()  # idempotent; and nothing can start now: the dispatcher is gone
+    assert not any(t.name == "c2sync-dispatcher" and t.is_alive() for t in threading.enumerate())
+    assert not after_off.is_set() and not after_close.is_set()

@@ -660,11 +660,7 @@ def test_validators() -> None:
         '{"msg_type":"heartbeat","payload":[1]}',
         '{"msg_type":"heartbeat","payload":"x"}',
         '{"msg_type":"heartbeat","payload":5}',
-        '{"msg_type":"strategy.signal","payload":{"strategy_id":1}}',
-        '{"msg_type":"strategy.signal","seq_id":null,"payload":{"strategy_id":1}}',
-        '{"msg_type":"strategy.signal","seq_id":"5","payload":{"strategy_id":1}}',
-        '{"msg_type":"strategy.signal","seq_id":5.0,"payload":{"strategy_id":1}}',
-        '{"msg_type":"strategy.signal","seq_id":true,"payload":{"strategy_id":1}}',
+        '{"msg_type":"strategy.positions","seq_id":"5","payload":{"strategy_id":1}}',
         '{"msg_type":"heartbeat","seq_id":false}',
         '{"msg_type":"gap","payload":{}}',
         '{"msg_type":"x"} trailing',
@@ -674,6 +670,28 @@ def test_bad_frames_are_protocol_errors(text: str) -> None:
     """A frame that is not a JSON object with a string msg_type, or mistyped, is ProtocolError."""
     with pytest.raises(ProtocolError):
         parse_message(text)
+
+
+@pytest.mark.parametrize(
+    "seq_id",
+    ["missing", "null", '"5"', "5.0", "true", "false", "0", "-3", str(2**63), str(2**70)],
+)
+def test_signal_with_an_unusable_seq_id_is_a_plain_message_raw_intact(seq_id: str) -> None:
+    """A strategy.signal whose seq_id cannot order it is a plain Message, nothing lost."""
+    field = "" if seq_id == "missing" else f'"seq_id":{seq_id},'
+    text = f'{{"msg_type":"strategy.signal",{field}"payload":{{"strategy_id":1,"x":[1]}}}}'
+    message = parse_message(text)
+    assert type(message) is Message
+    assert message.msg_type == "strategy.signal" and message.seq_id is None
+    assert message.raw == json.loads(text) and message.payload == {"strategy_id": 1, "x": [1]}
+
+
+def test_signal_seq_id_bounds_are_one_and_2_63_minus_1() -> None:
+    """seq_ids 1 and 2**63-1 still make Signals."""
+    for seq_id in (1, 2**63 - 1):
+        text = f'{{"msg_type":"strategy.signal","seq_id":{seq_id},"payload":{{"strategy_id":1}}}}'
+        message = parse_message(text)
+        assert isinstance(message, Signal) and message.seq_id == seq_id
 
 
 @pytest.mark.parametrize(

@@ -263,11 +263,10 @@ def test_disarm_and_connection_lost_clear_the_deadline() -> None:
         "42",
         '{"no_type": 1}',
         b'{"msg_type":"heartbeat"}',
-        '{"msg_type":"strategy.signal","payload":{"strategy_id":1}}',
         '{"msg_type":"x","payload":[]}',
         "[" * 100_000,
     ],
-    ids=["bad-json", "array", "number", "no-type", "binary", "seqless", "payload", "deep"],
+    ids=["bad-json", "array", "number", "no-type", "binary", "payload", "deep"],
 )
 def test_malformed_frame_after_connect_is_an_event(frame: str | bytes) -> None:
     """After connecting, a bad frame yields Malformed (a ProtocolError inside) and no raise."""
@@ -621,15 +620,15 @@ def test_dedupe_is_per_strategy() -> None:
     assert isinstance(proto.receive(signal(3, OTHER), 2.0)[0], Duplicate)
 
 
-def test_hand_out_refuses_what_was_already_handed_out() -> None:
-    """hand_out() is False for a signal at or below the last one handed out."""
+def test_hand_out_records_the_last_handed_out_and_refuses_nothing() -> None:
+    """Duplicates go at arrival; hand_out() never refuses (queue and callbacks may interleave)."""
     proto = connected()
     subscribe(proto)
     messages = [delivered(proto.receive(signal(seq), 2.0))[0] for seq in (1, 2, 3)]
     assert [proto.hand_out(m) for m in messages] == [True, True, True]
     assert proto.last_delivered == {STRATEGY: 3}
-    assert [proto.hand_out(m) for m in messages] == [False, False, False]
-    assert proto.last_delivered == {STRATEGY: 3}
+    assert proto.hand_out(messages[0])  # one taken by recv() after a callback took 3
+    assert proto.last_delivered == {STRATEGY: 1}
 
 
 def test_hand_out_passes_other_messages() -> None:
@@ -714,30 +713,30 @@ def test_restore_acks_answer_nobody_and_keep_subscriptions() -> None:
     assert proto.subscriptions == {(SIGNAL, STRATEGY)}
 
 
-def test_restore_resumes_from_handed_out_not_accepted() -> None:
-    """Signals received but not yet handed out are asked for again after a reconnect."""
+def test_restore_resumes_from_the_highest_held_not_the_last_handed_out() -> None:
+    """Signals still queued at a drop survive it: the restore resumes after them."""
     proto = connected()
     subscribe(proto)
     messages = [delivered(proto.receive(signal(seq), 2.0))[0] for seq in (1, 2, 3, 4)]
     proto.hand_out(messages[0])
     proto.hand_out(messages[1])
     (frame,) = reconnect(proto)
-    assert frame["payload"]["resume_from"] == 2
+    assert frame["payload"]["resume_from"] == 4
     proto.receive(ack(frame["request_id"]), 101.0)
-    # Replay of 3 and 4 overlaps what is still queued: dropped; 5 is new.
+    # A server that replays from earlier anyway: what is still queued is a duplicate.
     assert isinstance(proto.receive(signal(3), 102.0)[0], Duplicate)
     assert isinstance(proto.receive(signal(4), 102.0)[0], Duplicate)
     assert isinstance(proto.receive(signal(5), 102.0)[0], Deliver)
 
 
-def test_first_signal_sets_resume_point_below_itself() -> None:
-    """A drop before the first signal is read resumes from just below it (nothing lost)."""
+def test_first_signal_unread_at_a_drop_is_the_resume_point() -> None:
+    """Signal 7 arrived, unread, then the drop: the restore resumes from 7 (8.. replayed)."""
     proto = connected()
     subscribe(proto)
     proto.receive(signal(7), 2.0)
-    assert proto.last_delivered == {STRATEGY: 6}
+    assert proto.last_delivered == {}
     (frame,) = reconnect(proto)
-    assert frame["payload"]["resume_from"] == 6
+    assert frame["payload"]["resume_from"] == 7
 
 
 def test_refused_restore_drops_the_pair_and_tells_the_user() -> None:
@@ -795,11 +794,14 @@ def test_checkpoint_resume_point_is_used() -> None:
     assert sent(frame)["payload"]["resume_from"] == 50
     events = proto.receive(ack(request_id), 1.0)
     assert not any(isinstance(e, ReplayRestarted) for e in events)
-    assert proto.last_delivered == {STRATEGY: 50}
+    assert proto.resume_point(STRATEGY) == 50
     assert isinstance(proto.receive(signal(50), 2.0)[0], Duplicate)
-    assert isinstance(proto.receive(signal(51), 2.0)[0], Deliver)
     (frame_after,) = reconnect(proto)
     assert frame_after["payload"]["resume_from"] == 50
+    proto.receive(ack(frame_after["request_id"]), 101.0)
+    assert isinstance(proto.receive(signal(51), 102.0)[0], Deliver)
+    (frame_again,) = reconnect(proto, 103.0)
+    assert frame_again["payload"]["resume_from"] == 51
 
 
 def test_checkpoint_resume_point_never_on_positions_or_other_strategies() -> None:
@@ -879,3 +881,147 @@ def test_unknown_and_disconnected_messages_are_delivered() -> None:
     assert type(unknown) is Message and unknown.payload == {"x": 1}
     (gone,) = delivered(proto.receive(server("connection.disconnected"), 2.0))
     assert gone.msg_type == "connection.disconnected"
+
+
+# Hostile seq_ids, strategies nobody asked for, numbering restarts, gaps -----------------
+
+
+def raw_signal(seq_id: Any, strategy_id: int = STRATEGY, missing: bool = False) -> str:
+    obj: dict[str, Any] = {"msg_type": "strategy.signal", "payload": {"strategy_id": strategy_id}}
+    if not missing:
+        obj["seq_id"] = seq_id
+    return json.dumps(obj)
+
+
+INVALID_SEQ_IDS = {
+    "missing": raw_signal(None, missing=True),
+    "null": raw_signal(None),
+    "zero": raw_signal(0),
+    "negative": raw_signal(-1),
+    "too-big": raw_signal(2**63),
+    "2**70": raw_signal(2**70),
+    "bool": raw_signal(True),
+    "float": raw_signal(3.0),
+    "string": raw_signal("3"),
+}
+
+
+@pytest.mark.parametrize("frame", list(INVALID_SEQ_IDS.values()), ids=list(INVALID_SEQ_IDS))
+def test_an_invalid_seq_id_is_delivered_plain_and_never_a_resume_point(
+    frame: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unusable seq_id: a plain Message (raw intact), a WARNING, no resume point."""
+    proto = connected()
+    subscribe(proto)
+    (message,) = delivered(proto.receive(frame, 2.0))
+    assert type(message) is Message and message.seq_id is None
+    assert message.raw == json.loads(frame)
+    warned = [r for r in caplog.records if "invalid seq_id" in r.getMessage()]
+    assert [r.levelname for r in warned] == ["WARNING"]
+    assert proto.resume_point(STRATEGY) is None
+    (restore,) = reconnect(proto)
+    assert "resume_from" not in restore["payload"]  # never -1 (the reader used to die)
+    proto.receive(ack(restore["request_id"]), 101.0)
+    assert isinstance(proto.receive(signal(1), 102.0)[0], Deliver)
+    assert isinstance(proto.receive(frame, 102.0)[0], Deliver)  # never a duplicate either
+    (again,) = reconnect(proto, 103.0)
+    assert again["payload"]["resume_from"] == 1
+
+
+def test_a_huge_seq_id_does_not_swallow_the_later_signals() -> None:
+    """2**70 then 1, 2, 3: all four delivered, the normal ones as Signals."""
+    proto = connected()
+    subscribe(proto)
+    first = delivered(proto.receive(raw_signal(2**70), 2.0))
+    later = [delivered(proto.receive(signal(seq), 2.0)) for seq in (1, 2, 3)]
+    assert len(first) == 1 and [m[0].seq_id for m in later] == [1, 2, 3]
+
+
+def test_a_seq_id_far_below_restarts_the_numbering_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """More than 1000 below the highest held: delivered, the new resume point, WARNING once."""
+    caplog.set_level("DEBUG", logger="c2sync.protocol")
+    proto = connected()
+    subscribe(proto)
+    proto.receive(signal(5000), 2.0)
+    assert isinstance(proto.receive(signal(4000), 2.0)[0], Duplicate)  # exactly 1000 below
+    assert isinstance(proto.receive(signal(3999), 2.0)[0], Deliver)  # 1001 below: restart
+    assert proto.resume_point(STRATEGY) == 3999
+    assert isinstance(proto.receive(signal(3999), 2.0)[0], Duplicate)
+    assert isinstance(proto.receive(signal(4000), 2.0)[0], Deliver)
+    proto.receive(signal(9000), 2.0)
+    assert isinstance(proto.receive(signal(1), 2.0)[0], Deliver)  # a second restart
+    (frame,) = reconnect(proto)
+    assert frame["payload"]["resume_from"] == 1
+    restarts = [r for r in caplog.records if "restarted its numbering" in r.getMessage()]
+    assert [r.levelname for r in restarts] == ["WARNING", "DEBUG"]
+    assert "3999" in restarts[0].getMessage() and "5000" in restarts[0].getMessage()
+    assert "restart 2" in restarts[1].getMessage()
+
+
+def test_the_checkpoint_goes_down_once_with_a_restarted_numbering() -> None:
+    """The signal that restarted the numbering is checkpointed as a restart, once."""
+    proto = connected()
+    subscribe(proto)
+    proto.receive(signal(5000), 2.0)
+    proto.receive(signal(3), 2.0)
+    assert proto.checkpoint_kind(STRATEGY, 5000) == "save"
+    assert proto.checkpoint_kind(STRATEGY, 3) == "restart"
+    assert proto.checkpoint_kind(STRATEGY, 3) == "save"
+    assert proto.checkpoint_kind(OTHER, 3) is None  # nobody asked for it: no checkpoint
+
+
+def test_signals_of_strategies_nobody_asked_for_are_delivered_and_keep_no_state() -> None:
+    """A strategy the user never subscribed to: delivered, no dedupe, no resume point."""
+    proto = connected()
+    subscribe(proto)
+    for strategy_id in range(1, 2001):
+        assert delivered(proto.receive(signal(5, strategy_id), 2.0))
+    assert isinstance(proto.receive(signal(5, 1), 2.0)[0], Deliver)  # no state: no dedupe
+    assert all(proto.resume_point(sid) is None for sid in range(1, 2001))
+    assert proto.checkpoint_kind(1, 5) is None
+    assert proto.last_delivered == {}
+
+
+def test_a_strategy_asked_for_is_tracked_before_its_ack() -> None:
+    """Signals arriving between a subscribe and its ack are ordered and deduplicated."""
+    proto = connected()
+    proto.request("subscribe", SIGNAL, OTHER)
+    proto.receive(signal(3, OTHER), 2.0)
+    assert isinstance(proto.receive(signal(3, OTHER), 2.0)[0], Duplicate)
+
+
+def test_gap_says_where_the_missing_range_starts() -> None:
+    """Gap.missing_after is the highest seq_id held when the gap arrived."""
+    proto = connected()
+    subscribe(proto)
+    for seq in (1, 2, 3):
+        proto.receive(signal(seq), 2.0)
+    gap_frame = server(
+        "gap",
+        payload={"channel": f"strategy.signal:{STRATEGY}", "from": 1, "message": "too many"},
+    )
+    (gap,) = delivered(proto.receive(gap_frame, 2.0))
+    assert isinstance(gap, Gap) and (gap.from_seq, gap.missing_after) == (1, 3)
+    other = server("gap", payload={"channel": f"strategy.signal:{OTHER}", "from": 1})
+    (unknown,) = delivered(proto.receive(other, 2.0))
+    assert isinstance(unknown, Gap) and unknown.missing_after is None
+
+
+def test_memory_does_not_grow_with_invented_strategy_ids() -> None:
+    """50k strategy ids nobody asked for leave no per-strategy state behind (traced bytes)."""
+    import tracemalloc
+
+    proto = connected()
+    subscribe(proto)
+    frames = [signal(1, STRATEGY + i) for i in range(1, 50_001)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for frame in frames:
+            proto.receive(frame, 2.0)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 256 * 1024, f"{grown} bytes kept for 50k invented strategy ids"

@@ -66,12 +66,19 @@ class Recorder:
     def __init__(self, client: c2sync.Client, mode: str) -> None:
         self.client = client
         self.mode = mode
+        # "slow" mode: the callback taking this seq_id blocks until `release` is set.
+        self.block_at: int | None = None
+        self.blocked = threading.Event()
+        self.release = threading.Event()
         self.cond = threading.Condition()
         self.messages: list[c2sync.Message] = []
         self.states: list[State] = []
         self.state_times: list[tuple[State, float]] = []
 
     def on_message(self, message: c2sync.Message) -> None:
+        if self.mode == "slow" and message.seq_id == self.block_at:
+            self.blocked.set()
+            assert self.release.wait(WAIT), "the test never released the slow callback"
         with self.cond:
             self.messages.append(message)
             self.cond.notify_all()
@@ -96,7 +103,7 @@ class Recorder:
 
     def take(self, predicate: Callable[[], bool], timeout: float = WAIT) -> None:
         """Receive (recv mode) or wait for the callbacks (callback mode) until ``predicate``."""
-        if self.mode == "recv":
+        if self.mode == "recv":  # "callback" and "slow" modes: the callbacks fill it
             deadline = time.monotonic() + timeout
             while not predicate():
                 self.on_message(self.client.recv(timeout=max(0.0, deadline - time.monotonic())))
@@ -165,15 +172,24 @@ class ReconnectGate:
         self._opened = threading.Event()
         self._opened.set()
         self.attempts: list[float] = []  # monotonic start of each attempt
+        self._attempted = threading.Condition()
 
     def __call__(self, options: Any) -> Link:
-        self.attempts.append(time.monotonic())
+        with self._attempted:
+            self.attempts.append(time.monotonic())
+            self._attempted.notify_all()
         if not self._opened.wait(WAIT):
             raise TimeoutError("the test never let the client reconnect")
         return Link(options)
 
     def hold(self) -> None:
         self._opened.clear()
+
+    def wait_attempts(self, count: int) -> None:
+        """Wait until the client tried to connect ``count`` times (the first connect
+        included): it is away, whatever its dispatcher thread is doing."""
+        with self._attempted:
+            assert self._attempted.wait_for(lambda: len(self.attempts) >= count, WAIT)
 
     def open(self) -> None:
         self._opened.set()
@@ -202,7 +218,7 @@ def open_client(emulator: Emulator) -> Iterator[OpenClient]:
         clients.append(client)
         recorder = Recorder(client, mode)
         client.on_state(recorder.on_state)
-        if mode == "callback":
+        if mode in ("callback", "slow"):
             client.on("*", recorder.on_message)
         client.connect()
         return client, recorder
@@ -271,7 +287,7 @@ FAULTS: dict[str, Callable[[Emulator], object]] = {
 }
 
 
-@pytest.mark.parametrize("mode", ["recv", "callback"])
+@pytest.mark.parametrize("mode", ["recv", "callback", "slow"])
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_every_signal_arrives_once_in_order_across_a_fault(
     open_client: OpenClient,
@@ -281,27 +297,32 @@ def test_every_signal_arrives_once_in_order_across_a_fault(
     fault: str,
     mode: str,
 ) -> None:
-    """Any lost connection: every signal once, in order; resumed from the last one handed out."""
+    """Any lost connection: every signal once, in order; resumed from the highest held.
+
+    recv: 6..8 queued, not read, at the fault; callback: all read; slow: the callback is
+    stuck in 6 (7 and 8 wait in its backlog) through the whole fault."""
     caplog.set_level(logging.WARNING, logger="c2sync")
     gate = ReconnectGate()
     client, rec = open_client(mode, link_factory=gate)
     outcome: list[object] = []
     runner = threading.Thread(target=_run_forever, args=(client, outcome))
-    if mode == "callback":  # a callback user blocks in run_forever(): a reconnect must not end it
+    if mode != "recv":  # a callback user blocks in run_forever(): a reconnect must not end it
         runner.start()
     client.subscribe(c2sync.SIGNAL, STRATEGY)
     client.subscribe(c2sync.POSITIONS, STRATEGY)
     publish(emulator, 5)
     rec.take(lambda: rec.last() == 5)
+    rec.block_at = 6
     publish(emulator, 3)  # 6..8
-    if mode == "recv":
-        # Arrived and queued, not yet handed out: the resume point stays at 5, and the replay
-        # of 6..8 must not deliver them twice.
-        eventually(emulator, lambda: client.stats.messages >= 8)
-        handed_out = 5
-    else:
+    if mode == "callback":
         rec.take(lambda: rec.last() == 8)
-        handed_out = 8
+    else:
+        # Arrived and held, not yet handed out (recv) or not yet run (slow): they survive the
+        # reconnect, so it resumes after them, and nothing comes twice.
+        eventually(emulator, lambda: client.stats.messages >= 8)
+    if mode == "slow":
+        assert rec.blocked.wait(WAIT)
+    held = 8
     refused_before = emulator.handshakes_refused
 
     # The client reconnects only once 9..12 are published, so they can only come by the
@@ -309,12 +330,16 @@ def test_every_signal_arrives_once_in_order_across_a_fault(
     gate.hold()
     try:
         FAULTS[fault](emulator)
-        rec.wait_state(State.RECONNECTING)
+        if mode == "slow":  # the state notice waits behind the stuck callback
+            gate.wait_attempts(2)
+        else:
+            rec.wait_state(State.RECONNECTING)
         if fault == "heartbeats-stopped":
             emulator.resume_heartbeats()  # so the new connection lives
         publish(emulator, 4)  # 9..12, while disconnected
         published_at = time.monotonic()
     finally:
+        rec.release.set()
         gate.open()
     rec.wait_state(State.OPEN, count=2)
     again = wait_resubscribed(emulator, 2)
@@ -335,7 +360,7 @@ def test_every_signal_arrives_once_in_order_across_a_fault(
     assert [r.resume_from for r in first.subscription_requests] == [None, None]
     (signal_request,) = requests_of(again, c2sync.SIGNAL)
     (positions_request,) = requests_of(again, c2sync.POSITIONS)
-    assert signal_request.resume_from == handed_out
+    assert signal_request.resume_from == held
     assert positions_request.resume_from is None
     assert (signal_request.error, positions_request.error) == (None, None)
     assert signal_request.at > published_at, "9..12 were not published while disconnected"
@@ -366,7 +391,7 @@ def test_every_signal_arrives_once_in_order_across_a_fault(
         refusals = [mark for mark in wait_marks.marks if mark[1].startswith("reconnect failed")]
         assert ["429" in text for _, text in refusals] == [True, False, False]
         assert refusals[1][0] - refusals[0][0] >= RETRY_AFTER, "Retry-After ignored"
-    if mode == "callback":
+    if mode != "recv":
         assert runner.is_alive() and outcome == [], outcome
         client.close()
         runner.join(WAIT)
@@ -527,7 +552,8 @@ def test_more_missed_than_the_replay_holds_gives_a_gap_then_live_signals(
 def test_queued_unread_signals_are_not_delivered_twice_after_the_replay(
     open_client: OpenClient, emulator: Emulator
 ) -> None:
-    """Signals queued but unread at a drop are not delivered again by the replay."""
+    """Signals queued but unread at a drop survive it: the client resumes after them, so
+    nothing is replayed twice."""
     client, rec = open_client(reconnect_policy=FAST)
     client.subscribe(c2sync.SIGNAL, STRATEGY)
     publish(emulator, 10)
@@ -540,8 +566,8 @@ def test_queued_unread_signals_are_not_delivered_twice_after_the_replay(
     rec.take(lambda: rec.last() == 15)
     assert rec.signals() == list(range(1, 16))
     (request,) = emulator.connections[1].subscription_requests
-    assert request.resume_from == 4
-    assert client.stats.duplicates == 6  # 5..10 came again in the replay
+    assert request.resume_from == 10  # the highest held, not the last read (4)
+    assert client.stats.duplicates == 0
 
 
 def test_a_signal_sent_twice_by_the_server_is_delivered_once(
@@ -646,3 +672,104 @@ def test_subscribe_in_flight_when_the_connection_dies_completes_after_the_reconn
     assert ack.strategy_id == OTHER_STRATEGY
     assert (c2sync.SIGNAL, OTHER_STRATEGY) in client.subscriptions
     assert client.state is State.OPEN
+
+
+# What the client holds at a drop, and seq_ids that order nothing ---------------------------
+
+
+@pytest.mark.parametrize("mode", ["recv", "slow"])
+@pytest.mark.parametrize("fault", ["drop", "close-1001", "heartbeats-stopped"])
+def test_first_signal_unread_at_the_drop_loses_nothing(
+    open_client: OpenClient, emulator: Emulator, fault: str, mode: str
+) -> None:
+    """Signal 1 arrives unread, the link drops, 2 and 3 are published meanwhile: 1, 2, 3."""
+    gate = ReconnectGate()
+    client, rec = open_client(mode, link_factory=gate, reconnect_policy=FAST)
+    rec.block_at = 1
+    client.subscribe(c2sync.SIGNAL, STRATEGY)
+    publish(emulator, 1)
+    eventually(emulator, lambda: client.stats.messages >= 1)  # held, not handed out
+    gate.hold()
+    try:
+        FAULTS[fault](emulator)
+        gate.wait_attempts(2)
+        if fault == "heartbeats-stopped":
+            emulator.resume_heartbeats()
+        publish(emulator, 2)  # 2 and 3, while away
+    finally:
+        rec.release.set()
+        gate.open()
+    again = wait_resubscribed(emulator, 1)
+    rec.take(lambda: rec.last() == 3)
+    assert rec.signals() == [1, 2, 3]
+    (request,) = again.subscription_requests
+    assert request.resume_from == 1
+    publish(emulator, 1)
+    rec.take(lambda: rec.last() == 4)
+    assert rec.signals() == [1, 2, 3, 4]
+
+
+INVALID_FRAMES = [
+    {"seq_id": 0},
+    {"seq_id": -5},
+    {"seq_id": "7"},
+    {"seq_id": 2.5},
+    {"seq_id": True},
+    {"seq_id": 2**70},
+    {},  # missing
+]
+
+
+@pytest.mark.parametrize("valid_first", [False, True], ids=["invalid-only", "after-a-valid-one"])
+def test_invalid_seq_ids_then_a_drop_restore_the_subscription(
+    open_client: OpenClient,
+    emulator: Emulator,
+    caplog: pytest.LogCaptureFixture,
+    valid_first: bool,
+) -> None:
+    """Unusable seq_ids, then a drop: reconnected, resubscribed, reader alive, nothing lost."""
+    caplog.set_level(logging.WARNING, logger="c2sync")
+    client, rec = open_client(reconnect_policy=FAST)
+    client.subscribe(c2sync.SIGNAL, STRATEGY)
+    if valid_first:
+        publish(emulator, 1)
+    for extra in INVALID_FRAMES:
+        frame = {"msg_type": "strategy.signal", "payload": {"StrategyId": STRATEGY}, **extra}
+        emulator.send_raw(json.dumps(frame))
+    rec.take(lambda: len(rec.messages) == len(INVALID_FRAMES) + valid_first)
+    plain = rec.messages[valid_first:]
+    assert all(type(m) is c2sync.Message and m.seq_id is None for m in plain)
+    assert [m.raw.get("seq_id", "missing") for m in plain] == [
+        f.get("seq_id", "missing") for f in INVALID_FRAMES
+    ]
+    emulator.drop()
+    rec.wait_state(State.OPEN, count=2)
+    again = wait_resubscribed(emulator, 1)
+    (request,) = again.subscription_requests
+    assert request.resume_from == (1 if valid_first else None)
+    assert request.error is None
+    live = publish(emulator, 2)
+    rec.take(lambda: rec.last() == live[-1])
+    assert rec.signals() == [1, 2, 3] if valid_first else [1, 2]
+    assert client.state is State.OPEN and client.stats.reconnects == 1
+    assert any("invalid seq_id" in r.getMessage() for r in caplog.records)
+    assert not any(r.levelno >= logging.ERROR for r in caplog.records)
+
+
+def test_a_restarted_numbering_is_delivered_and_becomes_the_resume_point(
+    open_client: OpenClient, emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """5000 then the server's own 1, 2: all delivered, one WARNING, resumed from 2."""
+    caplog.set_level(logging.WARNING, logger="c2sync")
+    client, rec = open_client(reconnect_policy=FAST)
+    client.subscribe(c2sync.SIGNAL, STRATEGY)
+    frame = {"msg_type": "strategy.signal", "seq_id": 5000, "payload": {"StrategyId": STRATEGY}}
+    emulator.send_raw(json.dumps(frame))
+    publish(emulator, 2)
+    rec.take(lambda: len(rec.signals()) == 3)
+    assert rec.signals() == [5000, 1, 2]
+    emulator.drop()
+    again = wait_resubscribed(emulator, 1)
+    assert again.subscription_requests[0].resume_from == 2
+    restarts = [r for r in caplog.records if "restarted its numbering" in r.getMessage()]
+    assert len(restarts) == 1 and restarts[0].levelno == logging.WARNING

@@ -131,8 +131,8 @@ def test_overflow_is_raised_once_then_the_newest_come(
 
 
 def test_order_holds_across_a_reconnect(emulator: Emulator, make_client: MakeClient) -> None:
-    """Signals queued before a lost connection and those replayed after it come out once
-    each, in order; the replay's overlap counts as duplicates of the subscription."""
+    """Signals queued before a lost connection and those published after it come out once
+    each, in order; the resume point is the highest held (3), so nothing comes twice."""
     client = make_client(reconnect_policy=FAST)
     client.subscribe(c2sync.SIGNAL, STRATEGY)
     for _ in range(3):
@@ -148,8 +148,9 @@ def test_order_holds_across_a_reconnect(emulator: Emulator, make_client: MakeCli
     emulator.wait_for(lambda: bool(got.extend(client.recv_many(timeout=0))) or len(got) >= 4, WAIT)
     assert seqs(got) == [2, 3, 4, 5]
     stats = client.subscription_stats[(c2sync.SIGNAL, STRATEGY)]
-    assert stats.resumes == 1  # restored with resume_from=1
-    assert stats.duplicates == 2  # the replay of 2 and 3, already queued
+    assert stats.resumes == 1  # restored with resume_from=3, the highest seq_id held
+    assert stats.duplicates == 0  # 2 and 3 were still queued: not asked for again
+    assert emulator.connections[-1].subscription_requests[0].resume_from == 3
     assert (stats.messages, stats.last_seq) == (5, 5)
 
 
