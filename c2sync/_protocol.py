@@ -1,7 +1,9 @@
 """The client's protocol state machine: fed text and the time, drained of events and frames.
 
-No sockets, threads or clocks here (a test checks the imports): the threaded shell in
-``client.py`` owns those and calls in under its one lock. One :class:`ClientProtocol` lives
+No sockets, threads or clocks here (a test checks the imports): the threaded shell (the
+session and the reader) owns those and calls in under its one lock. What it reports are
+the events of :mod:`c2sync._events`; each strategy's sequence rules live in
+:mod:`c2sync._streams`, the clock's in :mod:`c2sync._clock`. One :class:`ClientProtocol` lives
 as long as the client, across reconnects; ``connection_made``/``connection_lost`` mark each
 socket's life.
 """
@@ -17,6 +19,16 @@ from datetime import datetime
 import attrs
 
 from ._clock import ClockSkew, is_timestamp_error, utc_now
+from ._events import (
+    Connected,
+    Deliver,
+    Duplicate,
+    Event,
+    HeartbeatAnswered,
+    Malformed,
+    ReplayRestarted,
+    RequestAnswered,
+)
 from ._spec import (
     CONNECTED,
     DISCONNECTED,
@@ -27,6 +39,7 @@ from ._spec import (
     SUBSCRIBE,
     UNSUBSCRIBE,
 )
+from ._streams import Streams
 from .codec import (
     encode_heartbeat_ack,
     encode_subscription_request,
@@ -37,6 +50,19 @@ from .codec import (
 from .exceptions import ProtocolError, ServerError, SubscriptionLimitError
 from .messages import ErrorMessage, Gap, Message, Positions, Signal, SubscriptionAck
 
+__all__ = [  # the events are re-exported: the shell reads them from here
+    "ClientProtocol",
+    "Connected",
+    "Deliver",
+    "Duplicate",
+    "Event",
+    "HeartbeatAnswered",
+    "Malformed",
+    "Pair",
+    "ReplayRestarted",
+    "RequestAnswered",
+]
+
 logger = logging.getLogger("c2sync.protocol")
 
 Pair = tuple[str, int]
@@ -44,95 +70,6 @@ Pair = tuple[str, int]
 # Forgotten (timed-out) requests are remembered so a late answer is recognised, not
 # mistaken for another request's; bounded so a server that never answers cannot grow it.
 _MAX_FORGOTTEN = 1000
-# A seq_id this far below the highest held is beyond any replay boundary (docs/protocol.md
-# section 7 caps a replay at 1000): the server restarted its numbering
-# (docs/api-contract.md "Reconnecting").
-RESTART_DISTANCE = 1000
-MAX_SEQ_ID = 2**63 - 1  # the largest valid seq_id (a signed 64-bit integer)
-
-
-def valid_seq_id(seq_id: object) -> bool:
-    """Whether ``seq_id`` can order a signal stream: an ``int`` (not ``bool``) in 1..2**63-1."""
-    return type(seq_id) is int and 0 < seq_id <= MAX_SEQ_ID
-
-
-@attrs.define(slots=True)
-class _Stream:
-    """What the client holds of one strategy's signal stream (a strategy the user asked
-    to subscribe to: these are bounded by the user's own requests, never by the server)."""
-
-    held: int | None = None  # the highest seq_id let into the queues: the resume point
-    delivered: int | None = None  # the last seq_id handed out
-    restarts: int = 0  # far-backwards seq_ids seen (the server restarted its numbering)
-    restart_seq: int | None = None  # the seq_id that last restarted the numbering
-
-
-# Events --------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Connected:
-    """``connection.connected`` arrived: the connection is ready (docs/protocol.md section 4)."""
-
-    message: Message
-
-
-@attrs.frozen
-class HeartbeatAnswered:
-    """A ``heartbeat`` arrived; its ``heartbeat.ack`` waits in :meth:`data_to_send`."""
-
-    message: Message
-
-
-@attrs.frozen
-class RequestAnswered:
-    """A request a caller waits for was answered, by an ack or an error."""
-
-    request_id: str
-    ack: SubscriptionAck | None = None
-    error: ServerError | None = None
-
-
-@attrs.frozen
-class Deliver:
-    """A message for the user (callbacks or the recv() queue)."""
-
-    message: Message
-
-
-@attrs.frozen
-class Duplicate:
-    """A signal already accepted earlier (replay overlap): dropped (docs/protocol.md section 7)."""
-
-    message: Signal
-
-
-@attrs.frozen
-class Malformed:
-    """A frame that is not a valid message: skipped, the connection stays up."""
-
-    error: ProtocolError
-
-
-@attrs.frozen
-class ReplayRestarted:
-    """A subscribe with an explicit ``resume_from`` was acked: the replay supersedes every
-    queued signal of the strategy above ``resume_from``, which the shell must discard so the
-    stream stays in order."""
-
-    strategy_id: int
-    resume_from: int
-    # The last seq_id accepted before: the replay up to it re-sends what was queued or
-    # dropped, so the shell lets it past the queue bound (docs/api-contract.md "Back-pressure").
-    replay_to: int
-
-
-Event = (
-    Connected | HeartbeatAnswered | RequestAnswered | Deliver | Duplicate | Malformed
-    | ReplayRestarted
-)
-
-
 @attrs.define
 class _Request:
     request_id: str
@@ -180,12 +117,9 @@ class ClientProtocol:
         self._request_ids = request_ids if request_ids is not None else _default_request_ids()
         self._wallclock = wallclock or utc_now
         self._clock = ClockSkew(correct=correct_clock)
-        self._resume_points = dict(resume_points or {})
+        self._streams = Streams(resume_points)
         self._subscriptions: dict[Pair, None] = {}  # held by the server; ordered for restore
         self._outstanding: dict[str, _Request] = {}  # in the order sent
-        # Per strategy the user asked to subscribe to (never per strategy a server names).
-        self._streams: dict[int, _Stream] = {}
-        self.invalid_seq_ids = 0  # strategy.signal frames whose seq_id could order nothing
         self._outgoing: list[str] = []
         self._awaiting_connected = False
         self._open = False
@@ -216,35 +150,21 @@ class ClientProtocol:
     @property
     def last_delivered(self) -> dict[int, int]:
         """``{strategy_id: last seq_id handed to the user}``."""
-        return {sid: s.delivered for sid, s in self._streams.items() if s.delivered is not None}
+        return self._streams.last_delivered
+
+    @property
+    def invalid_seq_ids(self) -> int:
+        """``strategy.signal`` frames whose ``seq_id`` could order nothing, so far."""
+        return self._streams.invalid_seq_ids
 
     def resume_point(self, strategy_id: int) -> int | None:
-        """The highest ``seq_id`` held for the strategy (handed out or still queued), else
-        the checkpoint's, else None: where a subscription resumes (docs/api-contract.md
-        "Reconnecting")."""
-        stream = self._streams.get(strategy_id)
-        if stream is not None and stream.held is not None:
-            return stream.held
-        return self._resume_points.get(strategy_id)
+        """Where a subscription resumes (see :meth:`Streams.resume_point
+        <c2sync._streams.Streams.resume_point>`)."""
+        return self._streams.resume_point(strategy_id)
 
     def checkpoint_kind(self, strategy_id: int, seq_id: int) -> str | None:
-        """How the processed signal ``seq_id`` goes into a checkpoint: ``"save"``;
-        ``"restart"`` once for the one that restarted its strategy's numbering (the
-        checkpoint goes down to it); None for a strategy nobody asked for (no state is kept
-        for those, the checkpoint included)."""
-        stream = self._streams.get(strategy_id)
-        if stream is None:
-            return None
-        if stream.restart_seq == seq_id:
-            stream.restart_seq = None
-            return "restart"
-        return "save"
-
-    def _stream(self, strategy_id: int) -> _Stream:
-        stream = self._streams.get(strategy_id)
-        if stream is None:
-            stream = self._streams[strategy_id] = _Stream()
-        return stream
+        """How a processed signal goes into a checkpoint (see :mod:`c2sync._streams`)."""
+        return self._streams.checkpoint_kind(strategy_id, seq_id)
 
     def is_dead(self, now: float) -> bool:
         """Whether the heartbeat deadline has passed (section 5)."""
@@ -327,7 +247,7 @@ class ClientProtocol:
                     f"a connection holds at most {self.max_subscriptions} subscriptions"
                 )
         if action == SUBSCRIBE and channel == SIGNAL:
-            self._stream(strategy_id)  # from now on its signals are ordered and deduplicated
+            self._streams.want(strategy_id)  # from now on its signals are ordered, deduped
             if resume_from is None:
                 resume_from = self.resume_point(strategy_id)
         request = self._new_request(action, channel, strategy_id, resume_from, explicit, True)
@@ -454,11 +374,11 @@ class ClientProtocol:
             self._deadline = now + self.heartbeat_timeout
             return [HeartbeatAnswered(message)]
         if isinstance(message, Signal):
-            return [self._accept_signal(message)]
+            return [self._streams.accept(message, self._only_subscription(SIGNAL))]
         if msg_type == SIGNAL:
-            return [self._invalid_seq_id(message)]
+            return [self._streams.invalid(message)]
         if isinstance(message, Gap):
-            return [self._gap(message)]
+            return [self._streams.gap(message)]
         if isinstance(message, SubscriptionAck):
             return self._on_ack(message)
         if isinstance(message, ErrorMessage):
@@ -475,78 +395,6 @@ class ClientProtocol:
     def _only_subscription(self, channel: str) -> int | None:
         ids = [sid for ch, sid in self._subscriptions if ch == channel]
         return ids[0] if len(ids) == 1 else None
-
-    def _accept_signal(self, signal: Signal) -> Event:
-        if not valid_seq_id(signal.seq_id):
-            return self._invalid_seq_id(signal)
-        strategy_id = signal.strategy_id
-        if strategy_id is None:
-            strategy_id = self._only_subscription(SIGNAL)
-            if strategy_id is None:
-                return Deliver(signal)  # no strategy to order it by: pass it through
-            signal = attrs.evolve(signal, strategy_id=strategy_id)
-        stream = self._streams.get(strategy_id)
-        if stream is None:
-            # Nobody asked for this strategy: delivered (nothing lost) but no state is kept,
-            # so a server inventing strategy ids cannot grow memory (docs/api-contract.md
-            # "Back-pressure"); no dedupe and no resume point either.
-            return Deliver(signal)
-        seq_id, held = signal.seq_id, stream.held
-        if held is not None and seq_id <= held:
-            if held - seq_id <= RESTART_DISTANCE:
-                return Duplicate(signal)
-            self._restarted(strategy_id, stream, seq_id)
-        stream.held = seq_id
-        return Deliver(signal)
-
-    def _restarted(self, strategy_id: int, stream: _Stream, seq_id: int) -> None:
-        """A seq_id far below the highest held: the server restarted its numbering."""
-        stream.restarts += 1
-        stream.restart_seq = seq_id
-        level = logging.WARNING if stream.restarts == 1 else logging.DEBUG
-        logger.log(
-            level,
-            "strategy %s: seq_id %d arrived after %d (more than %d below): the server "
-            "restarted its numbering; delivering it and resuming from it (restart %d of "
-            "this strategy; later ones are logged at DEBUG)",
-            strategy_id,
-            seq_id,
-            stream.held,
-            RESTART_DISTANCE,
-            stream.restarts,
-        )
-
-    def _invalid_seq_id(self, message: Message) -> Event:
-        """A ``strategy.signal`` whose ``seq_id`` is missing, not an int, or out of range:
-        delivered as a plain :class:`Message` (``raw`` intact), never used for ordering."""
-        self.invalid_seq_ids += 1
-        count = self.invalid_seq_ids
-        if count & (count - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a flood cannot flood logs
-            logger.warning(
-                "a %s with an invalid seq_id %r: delivered as a plain Message, not used for "
-                "duplicates or resume points (%d so far)",
-                SIGNAL,
-                message.raw.get("seq_id"),
-                count,
-            )
-        if type(message) is not Message:
-            message = Message(
-                msg_type=message.msg_type,
-                id=message.id,
-                seq_id=None,
-                request_id=message.request_id,
-                timestamp=message.timestamp,
-                v=message.v,
-                payload=message.payload,
-                raw=message.raw,
-            )
-        return Deliver(message)
-
-    def _gap(self, gap: Gap) -> Event:
-        """Say where the missing range starts: after the highest seq_id held."""
-        stream = self._streams.get(gap.strategy_id)
-        held = stream.held if stream is not None else None
-        return Deliver(attrs.evolve(gap, missing_after=held))
 
     def _find_request(self, message: Message, ack: SubscriptionAck | None) -> _Request | None:
         if message.request_id is not None:
@@ -574,16 +422,12 @@ class ClientProtocol:
             self._subscriptions.pop(pair, None)
         else:
             self._subscriptions[pair] = None
-            resume = request.resume_from
             if request.channel == SIGNAL:
-                stream = self._stream(request.strategy_id)  # a late ack too: it is held
-                if request.explicit_resume and resume:
-                    # The user asked for a replay from here: it supersedes what is queued.
-                    replay_to = max(resume, stream.held if stream.held is not None else resume)
-                    stream.held = stream.delivered = resume
-                    events.append(ReplayRestarted(request.strategy_id, resume, replay_to))
-                elif resume and stream.held is None:
-                    stream.held = resume
+                replay = self._streams.subscribed(
+                    request.strategy_id, request.resume_from, request.explicit_resume
+                )
+                if replay is not None:
+                    events.append(replay)
         if request.waited and not request.forgotten:
             events.append(RequestAnswered(request.request_id, ack=ack))
         return events
@@ -630,8 +474,5 @@ class ClientProtocol:
         Returns:
             True (kept for the callers' sake: nothing is refused here).
         """
-        if isinstance(message, Signal) and message.strategy_id is not None:
-            stream = self._streams.get(message.strategy_id)
-            if stream is not None:
-                stream.delivered = message.seq_id
+        self._streams.hand_out(message)
         return True

@@ -75,7 +75,17 @@ PUBLIC_MODULES = [
     "c2sync.reconnect",
 ]
 
-PURE_MODULES = ["codec", "messages", "exceptions", "_protocol", "_spec", "_clock", "_proxy"]
+PURE_MODULES = [
+    "codec",
+    "messages",
+    "exceptions",
+    "_protocol",
+    "_events",
+    "_streams",
+    "_spec",
+    "_clock",
+    "_proxy",
+]
 FORBIDDEN_IMPORTS = {"socket", "threading", "_thread", "time", "websocket", "websockets"}
 
 PACKAGE_DIR = Path(c2sync.__file__).parent
