@@ -21,12 +21,11 @@ import logging
 import os
 import signal
 import sys
-import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, NoReturn, TextIO
+from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 from . import (
@@ -36,17 +35,28 @@ from . import (
     AuthenticationError,
     Client,
     ConnectionClosed,
-    ErrorMessage,
-    Gap,
     HandshakeError,
-    Message,
-    Positions,
     QueueOverflow,
     ServerError,
-    Signal,
     State,
     __version__,
 )
+from ._cli_parser import (
+    EXIT_AUTH,
+    EXIT_CODES,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_NETWORK,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_SUBSCRIPTION,
+    EXIT_TERMINATED,
+    KEY_ENV,
+    PROG,
+    URL_ENV,
+    build_parser,
+)
+from ._format import format_message
 
 __all__ = [
     "EXIT_AUTH",
@@ -58,34 +68,9 @@ __all__ = [
     "EXIT_REFUSED",
     "EXIT_SUBSCRIPTION",
     "EXIT_TERMINATED",
+    "format_message",
     "main",
 ]
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_AUTH = 2
-EXIT_REFUSED = 3
-EXIT_NETWORK = 4
-EXIT_SUBSCRIPTION = 5
-EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143
-
-#: What each exit status means (shown by ``c2sync --help`` and in the README).
-EXIT_CODES: dict[int, str] = {
-    EXIT_OK: "success (and `listen` stopped with Ctrl-C or SIGTERM)",
-    EXIT_ERROR: "any other error (the server broke the protocol, the emulator could not start)",
-    EXIT_AUTH: "no API key, the key was refused (HTTP 401), or a wrong command line",
-    EXIT_REFUSED: "the server refused the connection: HTTP 429 (rate or connection limit), "
-    "503 or another status, or a 1008 close right after the upgrade",
-    EXIT_NETWORK: "a timeout or a network error (host unreachable, connection lost, TLS)",
-    EXIT_SUBSCRIPTION: "the server refused a subscription (e.g. FORBIDDEN)",
-    EXIT_INTERRUPTED: "interrupted with Ctrl-C (any command but `listen`)",
-    EXIT_TERMINATED: "`emulator` stopped with SIGTERM (`kill`, `docker stop`)",
-}
-
-_KEY_ENV = "C2_API_KEY"
-_URL_ENV = "C2_WS_URL"
-_PROG = "c2sync"
 
 logger = logging.getLogger("c2sync.cli")
 
@@ -118,7 +103,7 @@ def _describe(error: BaseException) -> str:
     """One readable line for an error (the library's messages never hold the key)."""
     if isinstance(error, AuthenticationError):
         why = error.message or "Invalid API key"
-        return f"the API key was refused (HTTP 401: {why}); check --api-key or {_KEY_ENV}"
+        return f"the API key was refused (HTTP 401: {why}); check --api-key or {KEY_ENV}"
     if isinstance(error, ConnectionClosed) and error.code == 1008:
         return (
             "the server closed the connection at once (1008): too many connections for "
@@ -132,189 +117,6 @@ def _describe(error: BaseException) -> str:
     if isinstance(error, ServerError):
         return f"the server refused: {text}"
     return text
-
-
-# Arguments ------------------------------------------------------------------------------
-
-
-def _strategy_id(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a strategy id: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"a strategy id is a positive integer, not {text}")
-    return value
-
-
-def _seq_id(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a seq_id: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"a seq_id is not negative: {text}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
-    return value
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line and exit status 2 (no usage dump)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_AUTH, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _wrap(text: str) -> str:
-    return textwrap.fill(text, 78)
-
-
-def _epilog() -> str:
-    lines = ["exit status:"]
-    for code, text in EXIT_CODES.items():
-        lines.append(
-            textwrap.fill(text, 78, initial_indent=f"  {code:>3}  ", subsequent_indent=" " * 7)
-        )
-    lines.append("")
-    lines.append(f"The key comes from --api-key or ${_KEY_ENV}; the URL from --url or ${_URL_ENV}")
-    lines.append(f"(default {DEFAULT_URL}). The key is never printed.")
-    return "\n".join(lines)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog=_PROG,
-        description="A synchronous client for the Collective2 API v4 WebSocket.",
-        epilog=_epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "-V", "--version", action="version", version=f"c2sync {__version__}"
-    )
-
-    connection = _Parser(add_help=False)
-    group = connection.add_argument_group("connection")
-    group.add_argument("--api-key", metavar="KEY", help=f"the API key (default: ${_KEY_ENV})")
-    group.add_argument(
-        "--url", metavar="URL", help=f"the WebSocket URL (default: ${_URL_ENV}, else {DEFAULT_URL})"
-    )
-    group.add_argument(
-        "--connect-timeout",
-        type=_seconds,
-        default=10.0,
-        metavar="SECONDS",
-        help="seconds to wait for the connection (10)",
-    )
-    verbosity = _Parser(add_help=False)
-    verbosity.add_argument(
-        "-v", "--verbose", action="count", default=0, help="show the library's log (-vv: debug)"
-    )
-
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    commands.required = True
-
-    check = commands.add_parser(
-        "check",
-        parents=[connection, verbosity],
-        help="verify the API key: connect, print the first message and the round-trip time",
-        description=_wrap(
-            "Connect, print the first message and the round-trip time, and close. "
-            "With --strategy, also time a subscription's round trip."
-        ),
-        epilog=_epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    check.add_argument(
-        "--strategy",
-        type=_strategy_id,
-        metavar="ID",
-        help="also subscribe to this strategy's signals and time the server's ack",
-    )
-
-    listen = commands.add_parser(
-        "listen",
-        parents=[connection, verbosity],
-        help="subscribe and print each message until Ctrl-C",
-        description=_wrap(
-            "Subscribe and print each message until Ctrl-C (or SIGTERM). Lost connections "
-            "are re-opened and signals resumed, as the library does. Status lines go to stderr."
-        ),
-        epilog=_epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    listen.add_argument(
-        "--signal",
-        type=_strategy_id,
-        action="append",
-        default=[],
-        metavar="ID",
-        help="subscribe to this strategy's signals (repeatable)",
-    )
-    listen.add_argument(
-        "--positions",
-        type=_strategy_id,
-        action="append",
-        default=[],
-        metavar="ID",
-        help="subscribe to this strategy's position updates (repeatable)",
-    )
-    listen.add_argument(
-        "--resume-from",
-        type=_seq_id,
-        metavar="N",
-        help="replay the signals after seq_id N (needs exactly one --signal)",
-    )
-    listen.add_argument(
-        "--checkpoint",
-        metavar="FILE",
-        help="keep the last processed seq_id per strategy in FILE and resume from it",
-    )
-    listen.add_argument(
-        "--json", action="store_true", help="print each message as one line of JSON (as received)"
-    )
-    listen.add_argument(
-        "--max-queue",
-        type=int,
-        default=10_000,
-        metavar="N",
-        help="messages held while the output is slow; beyond it the oldest are dropped "
-        "and replayed (10000)",
-    )
-
-    commands.add_parser(
-        "emulator",
-        add_help=False,
-        help="run the local emulator (see c2sync emulator --help)",
-        description="Run the local Collective2 emulator; every option is the emulator's.",
-    )
-
-    demo = commands.add_parser(
-        "demo",
-        parents=[verbosity],
-        help="watch signals, heartbeats, a dropped connection and its resume (no key needed)",
-        description=_wrap(
-            "Start the emulator in-process, connect to it, and show in about ten seconds: "
-            "signals arriving, heartbeats answered, a dropped connection, the signals "
-            "published meanwhile, and the resume without loss. Needs no key and no network."
-        ),
-    )
-    demo.add_argument(
-        "--strategy",
-        type=_strategy_id,
-        default=12345678,
-        metavar="ID",
-        help="the strategy id the demo uses (12345678)",
-    )
-    return parser
 
 
 @contextmanager
@@ -367,14 +169,14 @@ def _connect(client: Client, url: str, timeout: float) -> None:
 
 
 def _api_key(args: argparse.Namespace) -> str:
-    key: str | None = args.api_key or os.environ.get(_KEY_ENV)
+    key: str | None = args.api_key or os.environ.get(KEY_ENV)
     if not key:
-        raise _Failure(EXIT_AUTH, f"no API key: pass --api-key KEY or set {_KEY_ENV}")
+        raise _Failure(EXIT_AUTH, f"no API key: pass --api-key KEY or set {KEY_ENV}")
     return key
 
 
 def _url(args: argparse.Namespace) -> str:
-    url: str = args.url or os.environ.get(_URL_ENV) or DEFAULT_URL
+    url: str = args.url or os.environ.get(URL_ENV) or DEFAULT_URL
     if not url.startswith(("ws://", "wss://")):
         raise _Failure(EXIT_AUTH, f"the URL must start with ws:// or wss://, not {url!r}")
     return url
@@ -393,7 +195,7 @@ def _emit(text: str, stream: TextIO) -> None:
 
 
 def _err(text: str) -> None:
-    _emit(f"{_PROG}: {text}", sys.stderr)
+    _emit(f"{PROG}: {text}", sys.stderr)
 
 
 # check ------------------------------------------------------------------------------------
@@ -431,99 +233,6 @@ def _check(args: argparse.Namespace) -> int:
 # listen -----------------------------------------------------------------------------------
 
 
-_LINE_WIDTH = 120  # a human line stays readable in a terminal; --json has everything
-_SIDES = {"1": "BUY", "2": "SELL"}  # the REST v4 order's Side codes [assumed]
-
-
-def _short(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def _scalars(payload: Any) -> str:
-    """``key=value`` for the top-level fields that are not lists or objects."""
-    return " ".join(
-        f"{key}={value}"
-        for key, value in payload.items()
-        if value is not None and not isinstance(value, (list, tuple, Mapping))
-    )
-
-
-def _symbol(record: Any) -> str:
-    c2_symbol = record.get("C2Symbol")
-    if hasattr(c2_symbol, "get"):
-        return str(c2_symbol.get("FullSymbol") or "?")
-    return str(record.get("Symbol") or c2_symbol or "?")
-
-
-def _order(payload: Any) -> str:
-    """``BUY 5 @ESZ5 limit 5210.25``, from a REST-v4-like order payload; the payload's
-    scalar fields when it is shaped otherwise (its schema is not public)."""
-    if not all(key in payload for key in ("Side", "Quantity")):
-        return _scalars(payload)
-    side = _SIDES.get(str(payload["Side"]), str(payload["Side"]))
-    text = f"{side} {payload['Quantity']} {_symbol(payload)}"
-    if payload.get("Limit") is not None:
-        text += f" limit {payload['Limit']}"
-    elif payload.get("Stop") is not None:
-        text += f" stop {payload['Stop']}"
-    else:
-        text += " market"
-    if payload.get("SignalId") is not None:
-        text += f" (SignalId {payload['SignalId']})"
-    return text
-
-
-def _holdings(payload: Any) -> str:
-    """``2 open: @ESZ5 +5 @ 5201.5, AAPL -10 @ 187.2`` from a positions payload."""
-    positions = payload.get("Positions")
-    if not isinstance(positions, (list, tuple)):
-        return _scalars(payload)
-    shown = []
-    for position in positions:
-        if not hasattr(position, "get"):
-            continue
-        quantity = position.get("Quantity")
-        amount = f"{quantity:+}" if isinstance(quantity, (int, float)) else str(quantity)
-        price = position.get("AvgPx")
-        shown.append(f"{_symbol(position)} {amount}" + (f" @ {price}" if price is not None else ""))
-    return f"{len(positions)} open: " + ", ".join(shown)
-
-
-def format_message(message: Message) -> str:
-    """One short human-readable line for a message (``--json`` prints ``message.raw``).
-
-    The line starts with the message's time (UTC, from its ``timestamp``), then the type,
-    the strategy and ``seq_id``, then the payload's key fields (side, quantity, symbol,
-    price for an order; symbol, quantity and average price for positions), cut to about
-    120 characters.
-
-    Args:
-        message: any message the client hands out.
-
-    Returns:
-        The line, without a newline.
-    """
-    when = message.timestamp.strftime("%H:%M:%S") if message.timestamp else "--:--:--"
-    if isinstance(message, Signal):
-        head = f"{message.msg_type} strategy={message.strategy_id} seq_id={message.seq_id}"
-        body = _order(message.payload)
-    elif isinstance(message, Positions):
-        head = f"{message.msg_type} strategy={message.strategy_id}"
-        body = _holdings(message.payload)
-    elif isinstance(message, Gap):
-        return (
-            f"{when} GAP strategy={message.strategy_id} after seq_id {message.from_seq}: "
-            f"{message.message} (fetch the missing signals from the REST API)"
-        )
-    elif isinstance(message, ErrorMessage):
-        field = f" field={message.field}" if message.field else ""
-        return f"{when} ERROR {message.code}{field}: {message.message}"
-    else:
-        head = message.msg_type
-        body = json.dumps(dict(message.raw), separators=(",", ":"), default=str)
-    return _short(f"{when} {head} {body}", _LINE_WIDTH)
-
-
 def _status_printer(url: str, stream: TextIO) -> Callable[[State], None]:
     """An ``on_state`` callback printing one status line per change of state."""
     opened = 0
@@ -539,7 +248,7 @@ def _status_printer(url: str, stream: TextIO) -> Callable[[State], None]:
             text = "connection lost; reconnecting (signals will resume from the last seq_id)"
         else:
             text = "closed"
-        _emit(f"{_PROG}: {text}", stream)
+        _emit(f"{PROG}: {text}", stream)
 
     return on_state
 
@@ -653,7 +362,7 @@ def _emulator(argv: Sequence[str]) -> int:
         from ._demo import EMULATOR_MISSING
 
         raise _Failure(EXIT_ERROR, EMULATOR_MISSING) from exc
-    return emulator_main(list(argv), prog=f"{_PROG} emulator")
+    return emulator_main(list(argv), prog=f"{PROG} emulator")
 
 
 # demo -------------------------------------------------------------------------------------
@@ -686,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args_list and args_list[0] == "emulator":
             # Every option after `emulator` is the emulator's own (one parser, one help).
             return _emulator(args_list[1:])
-        args = _parser().parse_args(args_list)
+        args = build_parser(__version__).parse_args(args_list)
         command: Callable[[argparse.Namespace], int] = {
             "check": _check,
             "listen": _listen,

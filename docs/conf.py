@@ -61,5 +61,8 @@ nitpick_ignore = [
         "enum.Enum",
         "os.PathLike",
         "ssl.SSLContext",
+        # Private types in public signatures: the test seam's options, the emulator's base.
+        "Options",
+        "c2sync.emulator._knobs.FaultKnobs",
     )
 ]
