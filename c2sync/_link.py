@@ -46,7 +46,7 @@ from typing import Any, Union
 import websocket
 
 from ._framing import CloseFrame, FrameError, FrameReader
-from ._handshake import Deadline, Target, tunnel, upgrade
+from ._handshake import Deadline, Target, redact, tunnel, upgrade
 from ._options import Options
 from ._proxy import parse_proxy, resolve_proxy
 from .exceptions import ConnectionClosed, HandshakeError, ProtocolError
@@ -150,7 +150,7 @@ class Link:
         try:
             texts = reader.read()  # pings on the way are answered, within the deadline
             if not texts:
-                close = reader.close_frame or CloseFrame(None, "")
+                close = self._redacted(reader.close_frame or CloseFrame(None, ""))
                 raise ConnectionClosed(close.code, close.reason)
         except socket.timeout as exc:
             self.release()
@@ -260,8 +260,19 @@ class Link:
         reader = self._reader
         if reader is None:
             raise ConnectionClosed(None, "", "the link is not open")
+        if reader.close_frame is not None:
+            texts: list[Text] = []  # met while reading the first message: report it now
+        else:
+            texts = self._read_frames(reader)
+        close = reader.close_frame
+        if close is not None:
+            self.close_frame = self._redacted(close)
+            self.send_close(close.code)
+        return texts
+
+    def _read_frames(self, reader: FrameReader) -> list[Text]:
         try:
-            texts = reader.read()
+            return reader.read()
         except FrameError as exc:
             # RFC 6455 7.1.7: fail the connection, with the code the violation calls for.
             logger.warning("closing with %d: %s", exc.close_code, exc.reason)
@@ -270,11 +281,11 @@ class Link:
         except (websocket.WebSocketException, OSError) as exc:
             why = str(exc) or type(exc).__name__
             raise ConnectionClosed(None, "", f"connection lost: {why}") from exc
-        close = reader.close_frame
-        if close is not None:
-            self.close_frame = close
-            self.send_close(close.code)
-        return texts
+
+    def _redacted(self, close: CloseFrame) -> CloseFrame:
+        """The close frame with whatever it echoes of the key as ``***`` (its reason reaches
+        exceptions and logs)."""
+        return CloseFrame(close.code, redact(close.reason, self._options.api_key))
 
     def send(self, text: str) -> None:
         """Send one text frame, whole (from any thread).

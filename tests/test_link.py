@@ -411,3 +411,30 @@ def test_a_protocol_violation_closes_with_1002(
     (frames,) = frames_seen
     assert frames and frames[-1][0] == 0x8
     assert int.from_bytes(frames[-1][1][:2], "big") == code
+
+
+def test_a_close_reason_echoing_the_key_is_redacted(
+    make_server: MakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server closing with the key in its reason: the ConnectionClosed the user gets and
+    every log line show *** instead."""
+    caplog.set_level(logging.DEBUG)
+
+    def handler(conn: Conn) -> None:
+        conn.accept()
+        echoed = (conn.header("Authorization") or "").encode()
+        conn.sock.sendall(text(CONNECTED) + frame(0x8, (1011).to_bytes(2, "big") + echoed))
+        conn.read_frames(limit=WAIT)
+
+    server = make_server(handler)
+    client = c2sync.connect(API_KEY, url=server.url, reconnect=False, heartbeat_timeout=30)
+    try:
+        with pytest.raises(c2sync.ConnectionClosed) as info:
+            client.recv(timeout=WAIT)
+    finally:
+        client.close()
+    error = info.value
+    assert error.code == 1011 and "***" in error.reason
+    shown = [str(error), repr(error), error.reason, caplog.text]
+    shown.append("".join(traceback.format_exception(type(error), error, error.__traceback__)))
+    assert not [t for t in shown if API_KEY in t]
