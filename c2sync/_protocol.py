@@ -13,6 +13,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
+from typing import Union
 
 import attrs
 
@@ -105,10 +106,11 @@ class ReplayRestarted:
     replay_to: int
 
 
-Event = (
-    Connected | HeartbeatAnswered | RequestAnswered | Deliver | Duplicate | Malformed
-    | ReplayRestarted
-)
+# typing.Union, not ``|``: this alias is evaluated at import time, and Python 3.9 has no
+# ``type | type``.
+Event = Union[
+    Connected, HeartbeatAnswered, RequestAnswered, Deliver, Duplicate, Malformed, ReplayRestarted
+]
 
 
 @attrs.define
