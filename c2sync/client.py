@@ -257,7 +257,9 @@ class _Session:
                 )
             except websocket.WebSocketBadStatusException as exc:
                 raise _handshake_error(exc) from exc
-            except websocket.WebSocketTimeoutException as exc:
+            except (websocket.WebSocketTimeoutException, socket.timeout) as exc:
+                # socket.timeout: a TCP or TLS timeout websocket-client lets out as is; on
+                # Python 3.9 it is not yet the built-in TimeoutError.
                 raise TimeoutError(
                     f"could not connect to {self._safe_url()} within {self.connect_timeout:g} s"
                 ) from exc
@@ -266,6 +268,14 @@ class _Session:
                 raise socket.gaierror(f"cannot resolve the host of {self._safe_url()}") from exc
             except websocket.WebSocketConnectionClosedException as exc:
                 raise ConnectionClosed(None, "", "connection lost during the upgrade") from exc
+            except OSError:
+                # The socket's own errors go out as they are (ssl's certificate errors are
+                # ValueErrors as well).
+                raise
+            except (IndexError, ValueError) as exc:
+                # websocket-client 1.9.0 (the Python 3.9 release) lets these out of a malformed
+                # status line, header or Content-Length; 1.9.2 wraps them as below.
+                raise ProtocolError(f"invalid upgrade response: {exc}") from exc
             except websocket.WebSocketException as exc:
                 # Anything else websocket-client refuses in the upgrade response.
                 raise ProtocolError(f"invalid upgrade response: {exc}") from exc
@@ -582,7 +592,7 @@ class _Session:
         return signal.seq_id <= until
 
     def _forget_exempt(self, message: Message) -> None:
-        if self._exempt and isinstance(message, Signal):
+        if self._exempt and isinstance(message, Signal) and message.strategy_id is not None:
             self._exempt.discard((message.strategy_id, message.seq_id))
 
     def _purge(self, strategy_id: int, resume_from: int, replay_to: int) -> None:
