@@ -62,10 +62,9 @@ def test_handler_with_emulator() -> None:
         orders.put(handle_signal(signal))  # runs on the client's dispatcher thread
 
     # Short heartbeats make liveness problems show up in a second, not in a minute.
-    with (
-        Emulator(api_keys={"test-key"}, strategies={STRATEGY}, heartbeat_interval=0.2) as emu,
-        c2sync.connect("test-key", url=emu.url, heartbeat_timeout=2.0) as client,
-    ):
+    with Emulator(
+        api_keys={"test-key"}, strategies={STRATEGY}, heartbeat_interval=0.2
+    ) as emu, c2sync.connect("test-key", url=emu.url, heartbeat_timeout=2.0) as client:
         client.on(c2sync.SIGNAL, on_signal)
         client.subscribe(c2sync.SIGNAL, STRATEGY)
         mine = {"C2Symbol": {"FullSymbol": "MSFT"}, "Side": "2", "Quantity": 3}

@@ -231,6 +231,25 @@ class ConnectProxy:
         client.sendall(
             f"HTTP/1.1 {status} {reason}\r\n".encode() + extra_headers + length + b"\r\n" + body
         )
+        if status != 200:
+            _linger(client)
+
+
+def _linger(client: socket.socket) -> None:
+    """End a refused connection gracefully: half-close, then read and drop what the client
+    still sends (at most 1 MiB, or until it goes quiet), so closing with unread input does
+    not reset the connection before the client has read the answer."""
+    try:
+        client.shutdown(socket.SHUT_WR)
+        client.settimeout(0.5)
+        drained = 0
+        while drained < 1 << 20:
+            chunk = client.recv(65536)
+            if not chunk:
+                break
+            drained += len(chunk)
+    except OSError:
+        pass
 
 
 def _basic(user: str, password: str) -> str:

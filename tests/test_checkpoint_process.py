@@ -196,10 +196,9 @@ def test_with_block_left_by_an_exception_does_not_count_the_message_in_hand(
 ) -> None:
     """An exception leaving the with block: the signal being handled comes again."""
     checkpoint = tmp_path / "state.json"
-    with (
-        pytest.raises(RuntimeError, match="handler failed"),
-        c2sync.connect(API_KEY, url=emulator.url, checkpoint=checkpoint) as client,
-    ):
+    with pytest.raises(RuntimeError, match="handler failed"), c2sync.connect(
+        API_KEY, url=emulator.url, checkpoint=checkpoint
+    ) as client:
         client.subscribe(c2sync.SIGNAL, STRATEGY)
         for _ in range(10):
             emulator.publish_signal(STRATEGY)

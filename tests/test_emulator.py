@@ -7,6 +7,7 @@ c2sync's client, so the emulator is checked against the protocol, not against it
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import os
@@ -65,14 +66,24 @@ def now_ts(offset: float = 0.0) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
 
 
+# A plain, direct connection on every supported websockets: `legacy=True` (16+) keeps
+# connect() from returning its reconnecting wrapper, `proxy=None` (15+, which reads the
+# proxy variables) keeps it off any proxy; older versions have neither and need neither.
+_CONNECT_PARAMS = inspect.signature(connect).parameters
+PLAIN: dict[str, Any] = {
+    name: value
+    for name, value in (("legacy", True), ("proxy", None))
+    if name in _CONNECT_PARAMS
+}
+
+
 def client(url: str, key: str = KEY, **kwargs: Any) -> ClientConnection:
     return connect(
         url,
         additional_headers={"Authorization": f"Bearer {key}"},
         open_timeout=WAIT,
         close_timeout=1,
-        proxy=None,
-        legacy=True,  # a plain connection: tests close it themselves
+        **PLAIN,  # tests close the connection themselves
         **kwargs,
     )
 
@@ -189,7 +200,7 @@ def test_docs_curl_check_bad_key_gets_401_json(emu: Emulator) -> None:
 def test_missing_key_and_wrong_path_are_refused(emu: Emulator) -> None:
     """No Authorization header gets 401; a path other than /ws gets 404."""
     with pytest.raises(InvalidStatus) as info:
-        connect(emu.url, open_timeout=WAIT, proxy=None, legacy=True)
+        connect(emu.url, open_timeout=WAIT, **PLAIN)
     assert info.value.response.status_code == 401
     with pytest.raises(InvalidStatus) as info:
         client(emu.url.replace("/ws", "/other"))
@@ -417,10 +428,9 @@ def test_forbidden_strategy_error_with_request_id(emu: Emulator) -> None:
 
 def test_forbidden_strategy_error_without_request_id_like_the_docs() -> None:
     """echo_request_id_on_error=False reproduces the docs' example error: no request_id."""
-    with (
-        Emulator(api_keys={KEY}, strategies={STRATEGY}, echo_request_id_on_error=False) as emu,
-        connected(emu.url) as ws,
-    ):
+    with Emulator(
+        api_keys={KEY}, strategies={STRATEGY}, echo_request_id_on_error=False
+    ) as emu, connected(emu.url) as ws:
         ws.send(request(strategy_id=FORBIDDEN, request_id="sub-9"))
         error = recv(ws)
         emu.echo_request_id_on_error = True  # switchable while running

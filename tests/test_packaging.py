@@ -7,6 +7,8 @@ skipped, with the reason, when pip cannot reach one.
 
 from __future__ import annotations
 
+import configparser
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -16,6 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
 STEP_BOUND = 300.0  # seconds any one step may take (pip over a slow network)
@@ -131,3 +136,72 @@ def test_wheel_installs_and_demo_runs(dist: Path, tmp_path: Path) -> None:
     output = run([str(bin_dir / "c2sync"), "demo"], cwd=tmp_path, env=env)
     assert "received:  [1, 2, 3, 4, 5, 6, 7, 8]" in output
     assert "no signal lost, none duplicated" in output
+
+
+# Declared floors ------------------------------------------------------------------------------
+# setup.cfg's lower bounds are promises: the noxfile's `floors` session installs every one of
+# them at once (constraints written by .ci/floors.py) and runs this suite and the demo. These
+# tests read setup.cfg themselves, so a floor added or raised there without the session
+# installing it fails here.
+
+
+def declared_requirements() -> list[tuple[str, Requirement]]:
+    """Every requirement in setup.cfg with the extra it belongs to ("" for runtime)."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg", encoding="utf-8")
+    sections = [("", config.get("options", "install_requires"))]
+    sections += config.items("options.extras_require")
+    return [
+        (extra, Requirement(line))
+        for extra, text in sections
+        for line in text.splitlines()
+        if line.strip()
+    ]
+
+
+def lower_bound(requirement: Requirement) -> Version | None:
+    bounds = [Version(s.version) for s in requirement.specifier if s.operator in (">=", "==")]
+    return max(bounds) if bounds else None
+
+
+def test_every_requirement_declares_a_floor() -> None:
+    """No dependency is unbounded below: each one's floor is a version the floors session
+    can install and test."""
+    unbounded = [str(r) for _, r in declared_requirements() if lower_bound(r) is None]
+    assert unbounded == []
+    assert declared_requirements(), "setup.cfg declares no requirement: was it read?"
+
+
+def test_websocket_client_is_never_1_9_1() -> None:
+    """Python 3.9 gets websocket-client 1.9.0 exactly, 3.10+ at least 1.9.2: no Python can
+    resolve to 1.9.1, which broke close() (API.md)."""
+    pins = [(x, r) for x, r in declared_requirements() if r.name == "websocket-client"]
+    assert pins and all(extra == "" for extra, _ in pins), "a runtime dependency only"
+    for python, wanted in (("3.9", "1.9.0"), ("3.10", "1.9.2"), ("3.13", "1.9.2")):
+        environment = {"python_version": python}
+        applying = [r for _, r in pins if r.marker is None or r.marker.evaluate(environment)]
+        assert len(applying) == 1, (python, applying)
+        assert not applying[0].specifier.contains("1.9.1"), (python, applying)
+        assert lower_bound(applying[0]) == Version(wanted), (python, applying)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("C2SYNC_FLOORS"), reason="runs in the floors session: nox -s floors"
+)
+def test_the_floors_session_installed_every_declared_floor() -> None:
+    """Under `nox -s floors`, every floor setup.cfg declares for this Python (runtime and
+    every extra) is pinned in the constraints and is exactly the version installed."""
+    constraints = {}
+    for line in Path(os.environ["C2SYNC_FLOORS"]).read_text(encoding="utf-8").splitlines():
+        name, _, version = line.partition("==")
+        constraints[canonicalize_name(name)] = Version(version)
+    wrong = []
+    for extra, requirement in declared_requirements():
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": extra}):
+            continue
+        name = canonicalize_name(requirement.name)
+        floor = lower_bound(requirement)
+        installed = Version(importlib.metadata.version(name))
+        if constraints.get(name) != floor or installed != floor:
+            wrong.append(f"{name}: floor {floor}, pinned {constraints.get(name)}, got {installed}")
+    assert wrong == []

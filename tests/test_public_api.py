@@ -169,7 +169,7 @@ def test_all_names_only_existing_things(module_name: str) -> None:
     """Each public module's __all__ exists, has no duplicates and names only real attributes."""
     module = importlib.import_module(module_name)
     names = module.__all__
-    assert isinstance(names, list | tuple)
+    assert isinstance(names, (list, tuple))
     assert len(names) == len(set(names))
     for name in names:
         assert isinstance(name, str)

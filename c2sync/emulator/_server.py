@@ -153,15 +153,16 @@ class _Session:
 
     def snapshot(self) -> ConnectionRecord:
         ws, closed = self.ws, self.closed_at is not None
-        sent = ws.protocol.close_sent
+        # The Sans-I/O protocol's close_code: ServerConnection.close_code is websockets 15+.
+        code, sent = ws.protocol.close_code, ws.protocol.close_sent
         return ConnectionRecord(
             index=self.index,
             path=self.path,
             request_headers=dict(self.headers),
             opened_at=self.opened_at,
             closed_at=self.closed_at,
-            close_code=int(ws.close_code) if closed and ws.close_code is not None else None,
-            close_reason=ws.close_reason if closed else None,
+            close_code=int(code) if closed and code is not None else None,
+            close_reason=ws.protocol.close_reason if closed else None,
             sent_close_code=int(sent.code) if sent is not None else None,
             sent_close_reason=sent.reason if sent is not None else None,
             frames=tuple(self.frames),
@@ -271,7 +272,8 @@ class EmulatorServer:
             server_header=None,
             logger=_NoDebugLogger(logging.getLogger("c2sync.emulator.websockets"), {}),
         )
-        port = server.sockets[0].getsockname()[1]
+        # Typed Iterable by some websockets releases: not indexable on every version.
+        port = next(iter(server.sockets)).getsockname()[1]
         host = settings.host if settings.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
         host = f"[{host}]" if ":" in host else host
         scheme = "wss" if settings.ssl_context is not None else "ws"
@@ -369,7 +371,10 @@ class EmulatorServer:
             with self.cond:
                 session.closed_at = time.monotonic()
                 self.cond.notify_all()
-            _log.info("connection %d closed (client sent %s)", session.index, ws.close_code)
+            # ws.protocol.close_code: ServerConnection.close_code only exists from 15.
+            _log.info(
+                "connection %d closed (client sent %s)", session.index, ws.protocol.close_code
+            )
 
     def _arm_deadline(self, session: _Session) -> None:
         session.arm_deadline(self._heartbeats_on and session.index in self._open)
