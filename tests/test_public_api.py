@@ -72,7 +72,7 @@ PUBLIC_MODULES = [
     "c2sync.reconnect",
 ]
 
-PURE_MODULES = ["codec", "messages", "exceptions", "_protocol", "_spec"]
+PURE_MODULES = ["codec", "_decode", "messages", "exceptions", "_protocol", "_spec"]
 FORBIDDEN_IMPORTS = {"socket", "threading", "_thread", "time", "websocket", "websockets"}
 
 PACKAGE_DIR = Path(c2sync.__file__).parent
