@@ -167,10 +167,12 @@ class WebsocketsAsyncioLoop:
     leaves the ``async with``. One event loop, in the main thread, for all three."""
 
     def __init__(self, url: str, **_: Any) -> None:
-        import websockets
+        # websockets.connect in websockets >= 14; spelled out for 13, where that name was
+        # still the legacy client (which has no additional_headers).
+        from websockets.asyncio.client import connect
 
         self.loop = asyncio.new_event_loop()
-        self.connection = websockets.connect(
+        self.connection = connect(
             url, additional_headers={"Authorization": "Bearer bench-key"}
         )
         self.ws = self.loop.run_until_complete(self.connection.__aenter__())
