@@ -12,6 +12,11 @@ Implementations:
 - ``websocket-client``: the hand-written loop, ``websocket.create_connection(url,
   skip_utf8_validation=True)`` + ``ws.recv()`` + ``json.loads``, answering heartbeats itself.
 - ``websockets-sync``: the same loop on ``websockets.sync.client.connect``.
+- ``websockets-asyncio``: the loop the Collective2 docs show, the peer a user would write
+  instead of using c2sync: ``async with websockets.connect(url, additional_headers=...) as
+  ws: async for message in ws: json.loads(message)``.
+- ``c2sync-recv-pure``, ``c2sync-callback-pure``: c2sync again, the harness having set
+  ``C2SYNC_PURE_PYTHON=1`` (the standard library's JSON instead of msgspec).
 
 Every loop does the same work per message: parse the JSON, answer heartbeats with a
 ``heartbeat.ack`` carrying a fresh UTC timestamp, and hand each signal to the scenario's
@@ -20,6 +25,8 @@ handler.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
 import resource
 import sys
@@ -154,6 +161,55 @@ class WebsocketsSyncLoop:
         self.ws.close()
 
 
+class WebsocketsAsyncioLoop:
+    """The docs' loop, split at the points the harness measures between: ``__init__`` enters
+    ``async with websockets.connect(...) as ws``, ``run`` is the ``async for``, ``close``
+    leaves the ``async with``. One event loop, in the main thread, for all three."""
+
+    def __init__(self, url: str, **_: Any) -> None:
+        # websockets.connect in websockets >= 14; spelled out for 13, where that name was
+        # still the legacy client (which has no additional_headers).
+        from websockets.asyncio.client import connect
+
+        self.loop = asyncio.new_event_loop()
+        self.connection = connect(
+            url, additional_headers={"Authorization": "Bearer bench-key"}
+        )
+        self.ws = self.loop.run_until_complete(self.connection.__aenter__())
+        first = json.loads(self.loop.run_until_complete(self.ws.recv()))
+        assert first["msg_type"] == "connection.connected", first
+
+    def run(
+        self, handler: Callable[[int, int], None], stop: Callable[[], bool], subscribe: bool = True
+    ) -> None:
+        self.loop.run_until_complete(self._run(handler, stop, subscribe))
+
+    async def _run(
+        self, handler: Callable[[int, int], None], stop: Callable[[], bool], subscribe: bool
+    ) -> None:
+        ws = self.ws
+        if subscribe:
+            await ws.send(SUBSCRIBE)
+        try:
+            async for message in ws:
+                msg = json.loads(message)
+                msg_type = msg["msg_type"]
+                if msg_type == "strategy.signal":
+                    handler(msg["seq_id"], msg["payload"]["SentNs"])
+                elif msg_type == "heartbeat":
+                    await ws.send(ack_text())
+                if stop():
+                    return
+        except Exception:
+            return
+
+    def close(self) -> None:
+        try:
+            self.loop.run_until_complete(self.connection.__aexit__(None, None, None))
+        finally:
+            self.loop.close()
+
+
 class C2syncRecv:
     def __init__(self, url: str, max_queue: int = 10_000, **_: Any) -> None:
         import c2sync
@@ -221,6 +277,9 @@ IMPLEMENTATIONS: dict[str, Any] = {
     "c2sync-callback": C2syncCallback,
     "websocket-client": WebSocketClientLoop,
     "websockets-sync": WebsocketsSyncLoop,
+    "websockets-asyncio": WebsocketsAsyncioLoop,
+    "c2sync-recv-pure": C2syncRecv,
+    "c2sync-callback-pure": C2syncCallback,
 }
 
 
@@ -323,6 +382,44 @@ def rss(client: Any, p: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def current_rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+    except OSError:  # not Linux: the peak is the best there is
+        return peak_rss_mb()
+
+
+def queued(client: Any, p: dict[str, Any]) -> dict[str, Any]:
+    """Memory each message takes while it waits in c2sync's recv() queue: ``n`` signals
+    arrive while nobody calls recv(); traced Python allocations and RSS, before and after."""
+    import tracemalloc
+
+    n = p["n"]
+    c = client.client
+    gc.collect()
+    rss0 = current_rss_mb()
+    tracemalloc.start()
+    traced0 = tracemalloc.get_traced_memory()[0]
+    client.client.subscribe(client.c2sync.SIGNAL, STRATEGY_ID)
+    deadline = time.monotonic() + p["wait"]
+    while c.stats.messages < n and time.monotonic() < deadline:
+        time.sleep(0.01)  # a benchmark waiting on a counter; the bound is the deadline
+    if c.stats.messages < n:
+        raise RuntimeError(f"only {c.stats.messages} of {n} signals were queued")
+    gc.collect()
+    traced = tracemalloc.get_traced_memory()[0] - traced0
+    tracemalloc.stop()
+    rss = current_rss_mb() - rss0
+    for _ in range(n):  # they were all there
+        c.recv(timeout=5)
+    return {
+        "traced_bytes_per_msg": traced / n,
+        "rss_bytes_per_msg": rss * 2**20 / n,
+        "n": n,
+    }
+
+
 SCENARIOS: dict[str, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
     "throughput": throughput,
     "latency": latency,
@@ -331,6 +428,7 @@ SCENARIOS: dict[str, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
     "idle": idle,
     "close": close_latency,
     "rss": rss,
+    "queued": queued,
 }
 
 
@@ -349,6 +447,7 @@ def main() -> int:
         import c2sync
 
         result["c2sync_file"] = c2sync.__file__
+        result["decoder"] = getattr(c2sync.codec, "_DECODER_NAME", "json")
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
     return 0

@@ -34,8 +34,11 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BASELINE = "websocket-client"
-C2SYNC_IMPLS = ("c2sync-recv", "c2sync-callback")
-BASELINES = ("websocket-client", "websockets-sync")
+C2SYNC_IMPLS = ("c2sync-recv", "c2sync-callback", "c2sync-recv-pure", "c2sync-callback-pure")
+BASELINES = ("websocket-client", "websockets-sync", "websockets-asyncio")
+PURE_SUFFIX = "-pure"  # run with C2SYNC_PURE_PYTHON=1: the standard library's JSON
+# The -pure runs measure the decoder: only where decoding shows.
+PURE_SCENARIOS = ("throughput", "latency", "flood", "queued")
 
 # Scenario parameters: (full, quick).
 CONFIG: dict[str, dict[str, dict[str, Any]]] = {
@@ -67,11 +70,27 @@ CONFIG: dict[str, dict[str, dict[str, Any]]] = {
         "full": {"n": 30_000, "seconds": 3.0, "pause": 0.002, "hb": 0.05},
         "quick": {"n": 2_000, "seconds": 0.5, "pause": 0.002, "hb": 0.05},
     },
+    "queued": {
+        "full": {"n": 10_000, "wait": 60.0, "hb": 1.0},
+        "quick": {"n": 500, "wait": 30.0, "hb": 1.0},
+    },
 }
-SCENARIO_ORDER = ("throughput", "latency", "flood", "slow", "idle", "close", "rss")
+SCENARIO_ORDER = ("throughput", "latency", "flood", "slow", "idle", "close", "rss", "queued")
 # Rounds of the slower scenarios, at most (the others run --rounds times).
-MAX_ROUNDS = {"slow": 3, "idle": 2, "rss": 2}
-IDLE_IMPLS = ("c2sync-recv", "websocket-client", "websockets-sync")
+MAX_ROUNDS = {"slow": 3, "idle": 2, "rss": 2, "queued": 2}
+IDLE_IMPLS = ("c2sync-recv", "websocket-client", "websockets-sync", "websockets-asyncio")
+QUEUED_IMPLS = ("c2sync-recv", "c2sync-recv-pure")  # only recv() has a queue to fill
+
+
+def takes_part(impl: str, scenario: str) -> bool:
+    base = impl.partition("@")[0]
+    if base.endswith(PURE_SUFFIX) and scenario not in PURE_SCENARIOS:
+        return False
+    if scenario == "idle":
+        return base in IDLE_IMPLS
+    if scenario == "queued":
+        return base in QUEUED_IMPLS
+    return True
 
 
 # The sender process -----------------------------------------------------------------------
@@ -172,7 +191,10 @@ class Runner:
 
     def _env(self, impl: str) -> dict[str, str]:
         env = dict(os.environ)
-        _, _, variant = impl.partition("@")
+        base, _, variant = impl.partition("@")
+        env.pop("C2SYNC_PURE_PYTHON", None)
+        if base.endswith(PURE_SUFFIX):
+            env["C2SYNC_PURE_PYTHON"] = "1"
         first = self.variants[variant] if variant else str(ROOT)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (first, env.get("PYTHONPATH", "")) if p
@@ -199,6 +221,9 @@ class Runner:
             server.update(n=0)
         elif scenario == "rss":
             server.update(n=params["n"])
+        elif scenario == "queued":
+            server.update(n=params["n"])
+            options["max_queue"] = params["n"] + 1000
         spec = {
             "impl": impl.partition("@")[0],
             "scenario": scenario,
@@ -211,6 +236,8 @@ class Runner:
     def _timeout(self, scenario: str, params: dict[str, Any]) -> float:
         if scenario == "slow":
             return 30 + 3 * params["n"] * params["burn"]
+        if scenario == "queued":
+            return 30 + params["wait"]
         return 30 + params.get("seconds", 0) * 2
 
     def run(self, impl: str, scenario: str, params: dict[str, Any]) -> dict[str, Any] | None:
@@ -335,6 +362,11 @@ def summarize(raw: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]
     tp = raw.get("throughput", {})
     if tp:
         base_by_round = {r["round"]: r["rate"] for r in tp.get(BASELINE, [])}
+        # The best hand-written loop of each round, whichever it was.
+        best_by_round: dict[int, float] = {}
+        for peer in BASELINES:
+            for r in tp.get(peer, []):
+                best_by_round[r["round"]] = max(best_by_round.get(r["round"], 0.0), r["rate"])
         section = {}
         for impl, results in tp.items():
             ratios = [
@@ -342,9 +374,15 @@ def summarize(raw: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]
                 for r in results
                 if r["round"] in base_by_round
             ]
+            best = [
+                r["rate"] / best_by_round[r["round"]]
+                for r in results
+                if r["round"] in best_by_round
+            ]
             section[impl] = {
                 "signals_per_s": _stat([r["rate"] for r in results]),
                 "ratio": _stat(ratios),
+                "ratio_best_peer": _stat(best),
                 "ack_delay": _ack_stats(results),
             }
         summary["throughput"] = section
@@ -393,6 +431,20 @@ def summarize(raw: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]
             }
             for impl, results in raw["rss"].items()
         }
+    if raw.get("queued"):
+        summary["queued"] = {
+            impl: {
+                "traced_bytes_per_msg": _stat([r["traced_bytes_per_msg"] for r in results]),
+                "rss_bytes_per_msg": _stat([r["rss_bytes_per_msg"] for r in results]),
+            }
+            for impl, results in raw["queued"].items()
+        }
+    summary["decoders"] = {
+        impl: sorted({r["decoder"] for r in results if r.get("decoder")})
+        for per in raw.values()
+        for impl, results in per.items()
+        if impl.startswith("c2sync")
+    }
     return summary
 
 
@@ -447,15 +499,20 @@ def render(summary: dict[str, Any], info: dict[str, Any]) -> str:
         out.append("Throughput (flood of ~550-byte signals; median (min-max) over rounds)")
         out.append(
             f"{'client':26s} {'signals/s':>24s} {'x websocket-client':>22s} "
-            f"{'hb-ack p50/p99/max ms':>24s}"
+            f"{'x best peer':>18s} {'hb-ack p50/p99/max ms':>24s}"
         )
         for impl, s in summary["throughput"].items():
             ack = s["ack_delay"]
             out.append(
                 f"{impl:26s} {_rng(s['signals_per_s']):>24s} "
                 f"{_rng(s['ratio'], '{:.2f}'):>22s} "
+                f"{_rng(s['ratio_best_peer'], '{:.2f}'):>18s} "
                 f"{_ms(ack['p50_ms']) + '/' + _ms(ack['p99_ms']) + '/' + _ms(ack['max_ms']):>24s}"
             )
+        out.append(
+            "  (best peer: the fastest hand-written loop of the same round, "
+            + ", ".join(BASELINES) + ")"
+        )
     if "latency" in summary:
         out.append("")
         out.append("One-way latency at a paced 2,000 signals/s (ms; median over rounds)")
@@ -520,6 +577,22 @@ def render(summary: dict[str, Any], info: dict[str, Any]) -> str:
                 f"{s['dropped']['median']:>8.0f} "
                 f"{_ms(a['p50_ms']) + '/' + _ms(a['p99_ms']) + '/' + _ms(a['max_ms']):>24s}"
             )
+    if "queued" in summary:
+        out.append("")
+        out.append("Memory per message waiting in the recv() queue (bytes; median (min-max))")
+        out.append(f"{'client':26s} {'traced (tracemalloc)':>24s} {'RSS growth':>22s}")
+        for impl, s in summary["queued"].items():
+            out.append(
+                f"{impl:26s} {_rng(s['traced_bytes_per_msg']):>24s} "
+                f"{_rng(s['rss_bytes_per_msg']):>22s}"
+            )
+    decoders = summary.get("decoders", {})
+    if decoders:
+        out.append("")
+        out.append(
+            "JSON decoder used: "
+            + ", ".join(f"{impl} {'/'.join(names) or '?'}" for impl, names in decoders.items())
+        )
     return "\n".join(out)
 
 
@@ -579,10 +652,7 @@ def main(argv: list[str] | None = None) -> int:
                 if scenario == "idle" or args.quick:
                     # Idle clients do not disturb each other; a quick run is a smoke test
                     # whose numbers mean nothing, so it runs each scenario's clients at once.
-                    chosen = [
-                        i for i in order
-                        if scenario != "idle" or i.partition("@")[0] in IDLE_IMPLS
-                    ]
+                    chosen = [i for i in order if takes_part(i, scenario)]
                     together = runner.run_together(chosen, scenario, params)
                     for impl, result in together.items():
                         if result is not None:
@@ -590,6 +660,8 @@ def main(argv: list[str] | None = None) -> int:
                             raw[scenario].setdefault(impl, []).append(result)
                     continue
                 for impl in order:
+                    if not takes_part(impl, scenario):
+                        continue
                     for _ in range(params.get("repeat", 1)):
                         result = runner.run(impl, scenario, params)
                         if result is not None:

@@ -11,6 +11,9 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import attrs
+
+from . import _decode
 from ._spec import (
     ACTIONS,
     CHANNELS,
@@ -223,46 +226,77 @@ def parse_message(text: str | bytes) -> Message:
         ProtocolError: the frame is not a JSON object with a string ``msg_type``, or a known
             field needed to read it has the wrong type.
     """
+    return _parse(text, _DECODE)
+
+
+def _parse(text: str | bytes, decode: Callable[[str], Any]) -> Message:
+    # parse_message with a chosen JSON decoder (c2sync/_decode.py): the seam that lets the
+    # tests feed both paths the same input in one process.
     if not isinstance(text, str):
         raise ProtocolError("binary frame: the protocol sends JSON text frames only")
-    try:
-        obj = _DECODER.decode(text)
-    except (ValueError, RecursionError) as exc:
-        raise ProtocolError(f"frame is not valid JSON: {exc}") from exc
+    obj = decode(text)
     if type(obj) is not ReadOnlyDict:
         raise ProtocolError(f"frame is a JSON {type(obj).__name__}, not an object")
-    msg_type = obj.get("msg_type")
+    get = obj.get
+    msg_type = get("msg_type")
     if not isinstance(msg_type, str):
         raise ProtocolError("frame has no string msg_type")
-    payload = obj.get("payload")
+    payload = get("payload")
     if payload is None:
         payload = _EMPTY_PAYLOAD
     elif type(payload) is not ReadOnlyDict:
         raise ProtocolError(f"{msg_type}: payload is a JSON {type(payload).__name__}")
-    raw = obj
-    seq_id = obj.get("seq_id")
+    seq_id = get("seq_id")
     if seq_id is not None and type(seq_id) is not int:
         if msg_type != SIGNAL:
             raise ProtocolError(f"{msg_type}: seq_id is not an integer: {seq_id!r}")
         seq_id = None  # a signal that cannot be ordered: a plain Message (see _signal)
-    timestamp = obj.get("timestamp")
+    timestamp = get("timestamp")
     if timestamp is not None:
         try:
             timestamp = parse_timestamp(timestamp)
         except ValueError:
             timestamp = None  # tolerated: the time is informative, the message is not lost
-    ident = obj.get("id")
-    request_id = obj.get("request_id")
-    version = obj.get("v")
+    ident = get("id")
+    if not isinstance(ident, str):
+        ident = None
+    request_id = get("request_id")
+    if not isinstance(request_id, str):
+        request_id = None
+    version = get("v")
+    if type(version) is not int:
+        version = None
+    if (
+        msg_type == SIGNAL
+        and _SIGNAL_SLOTS is not None
+        and seq_id is not None
+        and 0 < seq_id <= _MAX_SEQ_ID
+    ):
+        # The hot path: a Signal filled field by field, without attrs' keyword __init__
+        # (half the cost; the same object, see _SIGNAL_SLOTS). A seq_id that cannot order
+        # anything takes the builder below: a plain Message (docs/api-contract.md
+        # "Reconnecting").
+        signal = _new(Signal)
+        s_type, s_id, s_seq, s_request, s_time, s_v, s_payload, s_raw, s_strategy = _SIGNAL_SLOTS
+        s_type(signal, msg_type)
+        s_id(signal, ident)
+        s_seq(signal, seq_id)
+        s_request(signal, request_id)
+        s_time(signal, timestamp)
+        s_v(signal, version)
+        s_payload(signal, payload)
+        s_raw(signal, obj)
+        s_strategy(signal, _payload_strategy_id(payload))
+        return signal
     common: dict[str, Any] = {
         "msg_type": msg_type,
-        "id": ident if isinstance(ident, str) else None,
+        "id": ident,
         "seq_id": seq_id,
-        "request_id": request_id if isinstance(request_id, str) else None,
+        "request_id": request_id,
         "timestamp": timestamp,
-        "v": version if type(version) is int else None,
+        "v": version,
         "payload": payload,
-        "raw": raw,
+        "raw": obj,
     }
     build = _BUILDERS.get(msg_type)
     if build is None:
@@ -271,12 +305,35 @@ def parse_message(text: str | bytes) -> Message:
 
 
 _EMPTY_PAYLOAD: Mapping[str, Any] = ReadOnlyDict()
-# Every JSON object of a message is read-only, at any depth: one
-# callback cannot change what another callback or recv() sees (arrays stay lists).
-# object_hook, not object_pairs_hook: the C scanner builds each dict and the hook copies
-# it once, ~3 us less per 500-byte message than building pair lists (same result: the
-# last of duplicate keys wins either way).
-_DECODER = json.JSONDecoder(object_hook=ReadOnlyDict)
+# The JSON path, picked once: msgspec (the [fast] extra) unless missing or
+# C2SYNC_PURE_PYTHON=1; both give the same trees and errors (c2sync/_decode.py).
+_DECODER_NAME, _DECODE = _decode.select()
+
+_new = object.__new__
+_SIGNAL_FIELDS = (
+    "msg_type", "id", "seq_id", "request_id", "timestamp", "v", "payload", "raw", "strategy_id"
+)
+
+
+def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Any, ...] | None:
+    """The slot descriptors' setters of ``cls``'s fields, in ``names``' order; None (use the
+    keyword path) unless ``cls`` is a slotted attrs class whose fields are exactly ``names``
+    with no validator, converter or post-init hook."""
+    fields = attrs.fields(cls)
+    if {f.name for f in fields} != set(names) or hasattr(cls, "__attrs_post_init__"):
+        return None
+    if any(f.validator is not None or f.converter is not None for f in fields):
+        return None
+    setters = []
+    for name in names:
+        slot = next((k.__dict__[name] for k in cls.__mro__ if name in k.__dict__), None)
+        if slot is None or type(slot).__name__ != "member_descriptor":
+            return None
+        setters.append(slot.__set__)
+    return tuple(setters)
+
+
+_SIGNAL_SLOTS = _slot_setters(Signal, _SIGNAL_FIELDS)
 
 
 _MAX_ID_DIGITS = 20  # ids and seq_ids are 64-bit at most; longer digit strings are junk

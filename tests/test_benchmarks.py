@@ -6,6 +6,7 @@ to benchmarks/README.md, measured on a quiet machine, not to a shared CI runner.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -17,7 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 C2SYNC = ("c2sync-recv", "c2sync-callback")
-BASELINES = ("websocket-client", "websockets-sync")
+PURE = ("c2sync-recv-pure", "c2sync-callback-pure")
+BASELINES = ("websocket-client", "websockets-sync", "websockets-asyncio")
 EVERY = C2SYNC + BASELINES
 
 
@@ -42,12 +44,36 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def test_throughput_numbers_and_ratios(quick_run: dict[str, Any]) -> None:
-    """Every client's signals/s, and its ratio to the websocket-client loop, are measured."""
+    """Every client's signals/s, and its ratios to the websocket-client loop and to the best
+    hand-written loop (asyncio included), are measured, c2sync on both JSON paths."""
     section = quick_run["summary"]["throughput"]
-    for impl in EVERY:
+    for impl in EVERY + PURE:
         assert number(section[impl]["signals_per_s"]["median"]), impl
         assert number(section[impl]["ratio"]["median"]), impl
+        assert number(section[impl]["ratio_best_peer"]["median"]), impl
     assert section["websocket-client"]["ratio"]["median"] == 1.0
+    assert max(section[peer]["ratio_best_peer"]["median"] for peer in BASELINES) == 1.0
+
+
+def test_both_decoder_paths_are_measured(quick_run: dict[str, Any]) -> None:
+    """The -pure runs use the standard library's JSON; the others msgspec when installed."""
+    decoders = quick_run["summary"]["decoders"]
+    for impl in PURE:
+        assert decoders[impl] == ["json"], impl
+    fast = "msgspec" if importlib.util.find_spec("msgspec") else "json"
+    for impl in C2SYNC:
+        assert decoders[impl] == [fast], impl
+    for impl in PURE:
+        assert number(quick_run["summary"]["latency"][impl]["p50_ms"]["median"]), impl
+
+
+def test_memory_per_queued_message(quick_run: dict[str, Any]) -> None:
+    """What each message waiting in the recv() queue costs is measured, on both paths."""
+    for impl in ("c2sync-recv", "c2sync-recv-pure"):
+        section = quick_run["summary"]["queued"][impl]
+        assert number(section["traced_bytes_per_msg"]["median"]), impl
+        assert section["traced_bytes_per_msg"]["median"] > 0, impl
+        assert number(section["rss_bytes_per_msg"]["median"]), impl
 
 
 def test_latency_numbers(quick_run: dict[str, Any]) -> None:

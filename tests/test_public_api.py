@@ -77,6 +77,7 @@ PUBLIC_MODULES = [
 
 PURE_MODULES = [
     "codec",
+    "_decode",
     "messages",
     "exceptions",
     "_protocol",
