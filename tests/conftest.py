@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -78,6 +82,47 @@ def make_client(emulator: Emulator) -> Iterator[Callable[..., c2sync.Client]]:
 @pytest.fixture
 def client(make_client: Callable[..., c2sync.Client]) -> c2sync.Client:
     return make_client()
+
+
+@pytest.fixture
+def publishing(emulator: Emulator) -> Iterator[Emulator]:
+    """Signals and position updates every 0.1 s for STRATEGY while the test runs."""
+    stop = threading.Event()
+
+    def publish() -> None:
+        while not stop.wait(0.1):
+            try:
+                emulator.publish_signal(STRATEGY)
+                emulator.publish_positions(STRATEGY)
+            except (RuntimeError, TimeoutError):
+                return  # the emulator is closing
+
+    thread = threading.Thread(target=publish, daemon=True)
+    thread.start()
+    yield emulator
+    stop.set()
+    thread.join(5)
+
+
+RUN_BOUND = 30.0  # seconds any documented example may run; never reached when it works
+
+
+def run_example(code: str, url: str, cwd: Path, where: str) -> subprocess.CompletedProcess[str]:
+    """Run a documented Python example as a user would, given only C2_API_KEY and
+    C2_WS_URL; it must succeed without a traceback and never print the key."""
+    env = dict(os.environ, C2_API_KEY=API_KEY, C2_WS_URL=url, PYTHONUNBUFFERED="1")
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=RUN_BOUND,
+    )
+    assert result.returncode == 0, f"{where}:\n{result.stderr}"
+    assert "Traceback" not in result.stderr
+    assert API_KEY not in result.stdout + result.stderr
+    return result
 
 
 def c2sync_threads() -> list[threading.Thread]:

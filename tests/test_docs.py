@@ -4,12 +4,7 @@ the README, CI and Read the Docs."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,12 +13,11 @@ import c2sync
 import c2sync.emulator
 from c2sync.emulator import Emulator
 
-from .conftest import API_KEY, STRATEGY
+from .conftest import run_example
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 SKIP_MARK = "% docs-test: skip"  # a MyST comment: invisible to readers
-RUN_BOUND = 30.0  # seconds any example may run; never reached when it works
 BUILD = "sphinx-build -W -n --keep-going -b html docs docs/_build/html"
 
 
@@ -55,26 +49,6 @@ BLOCKS = [
 ]
 
 
-@pytest.fixture
-def publishing(emulator: Emulator) -> Iterator[Emulator]:
-    """Signals and position updates every 0.1 s for STRATEGY while the test runs."""
-    stop = threading.Event()
-
-    def publish() -> None:
-        while not stop.wait(0.1):
-            try:
-                emulator.publish_signal(STRATEGY)
-                emulator.publish_positions(STRATEGY)
-            except (RuntimeError, TimeoutError):
-                return  # the emulator is closing
-
-    thread = threading.Thread(target=publish, daemon=True)
-    thread.start()
-    yield emulator
-    stop.set()
-    thread.join(5)
-
-
 def test_the_pages_have_examples_and_few_are_skipped() -> None:
     """The extractor finds the pages' examples, and only a handful are left unexecuted."""
     runnable = [block for block in BLOCKS if not block[3]]
@@ -92,18 +66,7 @@ def test_docs_example_runs(
 ) -> None:
     """Each Python example on a docs page runs unchanged, given only C2_API_KEY and
     C2_WS_URL pointing at an emulator that publishes signals."""
-    env = dict(os.environ, C2_API_KEY=API_KEY, C2_WS_URL=publishing.url, PYTHONUNBUFFERED="1")
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=RUN_BOUND,
-    )
-    assert result.returncode == 0, f"docs/{page} line {line}:\n{result.stderr}"
-    assert "Traceback" not in result.stderr
-    assert API_KEY not in result.stdout + result.stderr
+    run_example(code, publishing.url, tmp_path, f"docs/{page} line {line}")
 
 
 def documented_names() -> set[str]:

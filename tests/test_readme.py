@@ -9,20 +9,17 @@ import re
 import shlex
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from c2sync.emulator import Emulator
 
-from .conftest import API_KEY, STRATEGY
+from .conftest import API_KEY, RUN_BOUND, STRATEGY, run_example
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.rst"
 SKIP_MARK = ".. readme-test: skip"
-RUN_BOUND = 30.0  # seconds any example may run; never reached when it works
 
 
 def code_blocks(language: str) -> list[tuple[int, str, bool]]:
@@ -54,26 +51,6 @@ def code_blocks(language: str) -> list[tuple[int, str, bool]]:
 PYTHON_BLOCKS = code_blocks("python")
 
 
-@pytest.fixture
-def publishing(emulator: Emulator) -> Iterator[Emulator]:
-    """Signals and position updates every 0.1 s for STRATEGY while the test runs."""
-    stop = threading.Event()
-
-    def publish() -> None:
-        while not stop.wait(0.1):
-            try:
-                emulator.publish_signal(STRATEGY)
-                emulator.publish_positions(STRATEGY)
-            except (RuntimeError, TimeoutError):
-                return  # the emulator is closing
-
-    thread = threading.Thread(target=publish, daemon=True)
-    thread.start()
-    yield emulator
-    stop.set()
-    thread.join(5)
-
-
 def test_readme_has_runnable_examples() -> None:
     """The README shows Python examples, and only illustrations are left unexecuted."""
     runnable = [block for block in PYTHON_BLOCKS if not block[2]]
@@ -87,18 +64,7 @@ def test_readme_has_runnable_examples() -> None:
 )
 def test_readme_example_runs(line: int, code: str, publishing: Emulator, tmp_path: Path) -> None:
     """Each README Python example runs unchanged, given only C2_API_KEY and C2_WS_URL."""
-    env = dict(os.environ, C2_API_KEY=API_KEY, C2_WS_URL=publishing.url, PYTHONUNBUFFERED="1")
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=RUN_BOUND,
-    )
-    assert result.returncode == 0, f"README line {line}:\n{result.stderr}"
-    assert "Traceback" not in result.stderr
-    assert API_KEY not in result.stdout + result.stderr
+    run_example(code, publishing.url, tmp_path, f"README line {line}")
 
 
 def test_ten_line_example_prints_signals(publishing: Emulator, tmp_path: Path) -> None:
