@@ -27,7 +27,7 @@ from typing import Any
 from .exceptions import ProtocolError
 from .messages import ReadOnlyDict
 
-__all__ = ["PURE_PYTHON_ENV", "available", "decode_pure", "fast_decoder", "select"]
+__all__ = ["MAX_DEPTH", "PURE_PYTHON_ENV", "available", "decode_pure", "fast_decoder", "select"]
 
 PURE_PYTHON_ENV = "C2SYNC_PURE_PYTHON"
 
@@ -37,6 +37,11 @@ Decode = Callable[[str], Any]
 # one parser only (json's limit is the interpreter's recursion limit). No Collective2
 # message nests beyond a handful of levels.
 MAX_FAST_DEPTH = 100
+
+# How deep a frame may nest (objects and arrays): a fixed rule, so that whether a frame is
+# read never depends on the thread, its stack, or a recursion limit someone raised (a test
+# runner does); deeper frames are malformed. Far below json's recursion headroom.
+MAX_DEPTH = 500
 
 # object_hook, not object_pairs_hook: the C scanner builds each dict and the hook copies
 # it once, ~3 us less per 500-byte message than building pair lists (same result: the
@@ -50,10 +55,39 @@ def decode_pure(text: str) -> Any:
     Raises:
         ProtocolError: the text is not JSON (or nests beyond the recursion limit).
     """
+    if _too_deep(text):
+        raise ProtocolError(f"frame is not valid JSON: it nests deeper than {MAX_DEPTH} levels")
     try:
         return _JSON(text)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"frame is not valid JSON: {exc}") from exc
+
+
+def _too_deep(text: str) -> bool:
+    """Whether ``text`` opens more than :data:`MAX_DEPTH` objects or arrays at once
+    (brackets inside strings do not count). Counting the openers first (C speed) leaves
+    the character scan to the rare frame that has more than :data:`MAX_DEPTH` of them."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return False
+    depth = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
 
 
 class _TooDeep(Exception):

@@ -7,6 +7,7 @@ import copy
 import json
 import pickle
 import re
+import sys
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import c2sync
 from c2sync import (
     ErrorDetail,
     ErrorMessage,
@@ -922,3 +924,27 @@ def test_nested_payload_objects_are_read_only_too() -> None:
         message.payload["Legs"][0]["Qty"] = 2  # type: ignore[index]
     assert message.raw["payload"] is message.payload
     assert json.loads(json.dumps(message.raw))["payload"]["Legs"] == [{"Qty": 1}]
+
+
+@pytest.mark.parametrize("limit", [1000, 20_000])
+def test_nesting_beyond_the_fixed_depth_is_malformed_whatever_the_recursion_limit(
+    limit: int,
+) -> None:
+    """How deep a frame may nest is a fixed rule (MAX_DEPTH), the same on every thread and
+    under any recursion limit (a test runner may raise it), for both decoders."""
+    from c2sync._decode import MAX_DEPTH
+
+    def nested(depth: int) -> str:
+        return '{"msg_type":"x","payload":{"deep":' + "[" * depth + "]" * depth + "}}"
+
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit)
+    try:
+        assert c2sync.parse_message(nested(MAX_DEPTH - 2)).msg_type == "x"
+        with pytest.raises(c2sync.ProtocolError, match="deeper than"):
+            c2sync.parse_message(nested(MAX_DEPTH))
+        # Brackets inside strings are text, not nesting.
+        text = '{"msg_type":"x","payload":{"s":"' + "[" * (MAX_DEPTH * 2) + '"}}'
+        assert c2sync.parse_message(text).payload["s"] == "[" * (MAX_DEPTH * 2)
+    finally:
+        sys.setrecursionlimit(previous)
