@@ -64,11 +64,15 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
 
 
 class Pongs:
+    """Records the pongs a reader sends; ``answered`` is set at the first."""
+
     def __init__(self) -> None:
         self.sent: list[bytes] = []
+        self.answered = threading.Event()
 
     def __call__(self, payload: bytes) -> None:
         self.sent.append(payload)
+        self.answered.set()
 
 
 def read_all(reader: FrameReader, count: int) -> list[Any]:
@@ -192,9 +196,7 @@ def test_ping_answered_before_later_messages_are_read(
     got: list[Any] = []
     thread = threading.Thread(target=lambda: got.extend(reader.read()))
     thread.start()
-    deadline = time.monotonic() + WAIT
-    while not pongs.sent and time.monotonic() < deadline:
-        time.sleep(0.001)
+    assert pongs.answered.wait(WAIT)
     assert pongs.sent == [b"1"]
     server.sendall(frame(TEXT, "after"))
     thread.join(WAIT)
