@@ -85,5 +85,5 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=[OLDEST, NEWEST])
 def types(session: nox.Session) -> None:
     """mypy --strict for the oldest and the newest Python (each checks its own version)."""
-    session.install(".[emulator]", _test_requirement("mypy"))
+    session.install(".[emulator,fast]", _test_requirement("mypy"))
     session.run("mypy", "--strict", "--python-version", session.python, "c2sync")
