@@ -44,7 +44,7 @@ def _floors_module():  # type: ignore[no-untyped-def]
 def tests(session: nox.Session) -> None:
     """The suite, installed as the README says (``pip install ".[test]"``)."""
     session.install(".[test]")
-    session.run("python", "-m", "pytest", "-q", *session.posargs)
+    session.run("python", "-m", "pytest", "-q", "-n", "2", *session.posargs)
 
 
 @nox.session(python=OLDEST)
@@ -62,7 +62,14 @@ def floors(session: nox.Session) -> None:
     session.install("-c", str(constraints), f".[{extras}]")
     session.run("python", "-m", "pip", "freeze", "--exclude-editable")
     session.run(
-        "python", "-m", "pytest", "-q", *session.posargs, env={"C2SYNC_FLOORS": str(constraints)}
+        "python",
+        "-m",
+        "pytest",
+        "-q",
+        "-n",
+        "2",
+        *session.posargs,
+        env={"C2SYNC_FLOORS": str(constraints)},
     )
     session.run("c2sync", "demo")
 

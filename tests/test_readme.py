@@ -100,7 +100,7 @@ def test_readme_setup_commands() -> None:
     demo, tests = console_commands()[:2]
     venv = "python3 -m venv .venv && . .venv/bin/activate && "
     assert demo == venv + 'pip install ".[emulator]" && c2sync demo'
-    assert tests == venv + 'pip install ".[test]" && python -m pytest -q'
+    assert tests == venv + 'pip install ".[test]" && python -m pytest -q -n 2'
 
 
 def test_readme_test_command_is_what_ci_runs() -> None:
