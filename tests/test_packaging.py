@@ -10,6 +10,7 @@ from __future__ import annotations
 import configparser
 import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -61,10 +62,33 @@ def index_reachable(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 @pytest.fixture(scope="module")
 def dist(index_reachable: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The sdist and the wheel built from the working tree."""
+    """The sdist and the wheel built from (a copy of) the working tree: setuptools writes
+    build/ and *.egg-info beside the sources, so two test workers building from the tree
+    itself would race."""
     out = tmp_path_factory.mktemp("dist")
-    run([sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)], cwd=out)
+    source = tmp_path_factory.mktemp("source") / "c2sync"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*NOT_SOURCE))
+    run([sys.executable, "-m", "build", "--outdir", str(out), str(source)], cwd=out)
     yield out
+
+
+# What a checkout holds besides its sources: virtualenvs, caches, build output.
+NOT_SOURCE = (
+    ".git",
+    ".venv",
+    ".ci-venv",
+    ".nox",
+    ".ci-nox",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    "_build",
+    ".hypothesis",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".pytest_cache",
+)
 
 
 def only(directory: Path, pattern: str) -> Path:
