@@ -10,7 +10,6 @@ is bounded (``_DEMO_WAIT``): a demo that cannot show what it promises fails with
 
 from __future__ import annotations
 
-import json
 import secrets
 import threading
 import time
@@ -18,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
+from ._format import describe_order
 from .client import Client, State
 from .messages import POSITIONS, SIGNAL, Message, Signal
 from .reconnect import ReconnectPolicy
@@ -39,24 +39,6 @@ _DEMO_HEARTBEAT = 0.5  # seconds between the demo emulator's heartbeats (30 s on
 _DEMO_BACKOFF = 1.5  # seconds the demo client waits before reconnecting
 _DEMO_WAIT = 10.0  # the bound on every wait: reached only if something is broken
 _DEMO_PACE = 0.6  # seconds between steps, so a human can follow
-_SIDES = {"1": "BUY", "2": "SELL"}
-
-
-def _describe_order(payload: Any) -> str:
-    """A short description of a generated signal's order (its payload is free-form)."""
-    try:
-        side = _SIDES.get(str(payload.get("Side")), "?")
-        symbol = payload["C2Symbol"]["FullSymbol"]
-        text = f"{side} {payload.get('Quantity')} {symbol}"
-        if payload.get("Limit") is not None:
-            text += f" limit {payload['Limit']}"
-        elif payload.get("Stop") is not None:
-            text += f" stop {payload['Stop']}"
-        else:
-            text += " at market"
-        return text
-    except (AttributeError, KeyError, TypeError):
-        return json.dumps(dict(payload), default=str)[:60]
 
 
 class _Demo:
@@ -90,7 +72,7 @@ class _Demo:
         note = (
             "  (published while disconnected; replayed)" if message.seq_id in self.offline else ""
         )
-        self.say(f"  signal   seq_id={message.seq_id:<3} {_describe_order(message.payload)}{note}")
+        self.say(f"  signal   seq_id={message.seq_id:<3} {describe_order(message.payload)}{note}")
         with self.changed:
             self.seq_ids.append(message.seq_id)
             self.changed.notify_all()

@@ -13,7 +13,7 @@ from typing import Any
 
 from .messages import ErrorMessage, Gap, Message, Positions, Signal
 
-__all__ = ["LINE_WIDTH", "format_message"]
+__all__ = ["LINE_WIDTH", "describe_order", "format_message"]
 
 LINE_WIDTH = 120  # a human line stays readable in a terminal; --json has everything
 _SIDES = {"1": "BUY", "2": "SELL"}  # the REST v4 order's Side codes [assumed]
@@ -39,7 +39,7 @@ def _symbol(record: Any) -> str:
     return str(record.get("Symbol") or c2_symbol or "?")
 
 
-def _order(payload: Any) -> str:
+def describe_order(payload: Any) -> str:
     """``BUY 5 @ESZ5 limit 5210.25``, from a REST-v4-like order payload; the payload's
     scalar fields when it is shaped otherwise (its schema is not public)."""
     if not all(key in payload for key in ("Side", "Quantity")):
@@ -90,7 +90,7 @@ def format_message(message: Message) -> str:
     when = message.timestamp.strftime("%H:%M:%S") if message.timestamp else "--:--:--"
     if isinstance(message, Signal):
         head = f"{message.msg_type} strategy={message.strategy_id} seq_id={message.seq_id}"
-        body = _order(message.payload)
+        body = describe_order(message.payload)
     elif isinstance(message, Positions):
         head = f"{message.msg_type} strategy={message.strategy_id}"
         body = _holdings(message.payload)
