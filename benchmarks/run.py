@@ -43,7 +43,9 @@ PURE_SCENARIOS = ("throughput", "latency", "flood", "queued")
 # Scenario parameters: (full, quick).
 CONFIG: dict[str, dict[str, dict[str, Any]]] = {
     "throughput": {
-        "full": {"n": 30_000, "hb": 0.02},
+        # ~1-2 s per client: long enough that scheduling noise and start-up (the heap's
+        # first growth) no longer decide a 0.4 s run, as they did at 30,000.
+        "full": {"n": 100_000, "hb": 0.02},
         "quick": {"n": 2_000, "hb": 0.02},
     },
     "latency": {
@@ -383,6 +385,7 @@ def summarize(raw: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]
                 "signals_per_s": _stat([r["rate"] for r in results]),
                 "ratio": _stat(ratios),
                 "ratio_best_peer": _stat(best),
+                "cpu_us": _stat([r["cpu_us"] for r in results if "cpu_us" in r]),
                 "ack_delay": _ack_stats(results),
             }
         summary["throughput"] = section
@@ -499,7 +502,7 @@ def render(summary: dict[str, Any], info: dict[str, Any]) -> str:
         out.append("Throughput (flood of ~550-byte signals; median (min-max) over rounds)")
         out.append(
             f"{'client':26s} {'signals/s':>24s} {'x websocket-client':>22s} "
-            f"{'x best peer':>18s} {'hb-ack p50/p99/max ms':>24s}"
+            f"{'x best peer':>18s} {'CPU us/signal':>18s} {'hb-ack p50/p99/max ms':>24s}"
         )
         for impl, s in summary["throughput"].items():
             ack = s["ack_delay"]
@@ -507,6 +510,7 @@ def render(summary: dict[str, Any], info: dict[str, Any]) -> str:
                 f"{impl:26s} {_rng(s['signals_per_s']):>24s} "
                 f"{_rng(s['ratio'], '{:.2f}'):>22s} "
                 f"{_rng(s['ratio_best_peer'], '{:.2f}'):>18s} "
+                f"{_rng(s['cpu_us'], '{:.1f}'):>18s} "
                 f"{_ms(ack['p50_ms']) + '/' + _ms(ack['p99_ms']) + '/' + _ms(ack['max_ms']):>24s}"
             )
         out.append(
