@@ -338,6 +338,18 @@ class ClientProtocol:
             return self.receive_parsed(exc, now)
         return self.receive_parsed(message, now)
 
+    def accept_in_order(self, message: Message | ProtocolError) -> bool:
+        """The hot path of :meth:`receive_parsed`, which builds no event: True when
+        ``message`` is a signal of a strategy the user asked for, in order (above every
+        ``seq_id`` held) on an open connection; it is recorded as :meth:`receive_parsed`
+        would and is to be delivered. False: nothing was changed; call
+        :meth:`receive_parsed`."""
+        return (
+            type(message) is Signal
+            and not self._awaiting_connected
+            and self._streams.in_order(message)
+        )
+
     def receive_parsed(self, message: Message | ProtocolError, now: float) -> list[Event]:
         """:meth:`receive` for a frame the caller already ran through :func:`parse_message`.
 
@@ -374,7 +386,7 @@ class ClientProtocol:
             self._deadline = now + self.heartbeat_timeout
             return [HeartbeatAnswered(message)]
         if isinstance(message, Signal):
-            return [self._streams.accept(message, self._only_subscription(SIGNAL))]
+            return [self._streams.accept(message, self._only_signal_subscription)]
         if msg_type == SIGNAL:
             return [self._streams.invalid(message)]
         if isinstance(message, Gap):
@@ -391,6 +403,9 @@ class ClientProtocol:
         elif msg_type == DISCONNECTED:
             logger.warning("the server says the connection is ending (%s)", DISCONNECTED)
         return [Deliver(message)]
+
+    def _only_signal_subscription(self) -> int | None:
+        return self._only_subscription(SIGNAL)
 
     def _only_subscription(self, channel: str) -> int | None:
         ids = [sid for ch, sid in self._subscriptions if ch == channel]

@@ -94,6 +94,7 @@ class ReaderHost(Protocol):
     options: Options
     life: Lifecycle
     lock: threading.Condition
+    mutex: threading.Lock  # the lock under ``lock``, cheaper to take
     protocol: ClientProtocol
     stats: Stats
     pending: Pending
@@ -233,29 +234,48 @@ class Reader:
                 parsed.append(exc)
             except Exception as exc:
                 parsed.append(unreadable(exc))
-        receive = host.protocol.receive_parsed
-        events: list[Event] = []
-        with host.lock:
+        protocol = host.protocol
+        in_order, receive = protocol.accept_in_order, protocol.receive_parsed
+        # What happened, in order: a message to deliver stands for itself (the in-order
+        # signals, nearly all of a flood, build no event object), anything else is an event.
+        happened: list[Message | Event] = []
+        only_messages = True
+        with host.mutex:
             now = time.monotonic()
             for item in parsed:
+                if in_order(item):
+                    happened.append(item)  # type: ignore[arg-type]
+                    continue
                 try:
-                    events += receive(item, now)
+                    events = receive(item, now)
                 except Exception as exc:
-                    events.append(Malformed(unreadable(exc)))
-            frames = host.protocol.data_to_send()
-            host.stats.clock_skew = host.protocol.clock_skew
+                    events = [Malformed(unreadable(exc))]
+                for event in events:
+                    if type(event) is Deliver:
+                        happened.append(event.message)
+                        if isinstance(event.message, Gap):
+                            log_gap(event.message)
+                    else:
+                        happened.append(event)
+                        only_messages = False
+            frames = protocol.data_to_send()
+            host.stats.clock_skew = protocol.clock_skew
         # Section 5: heartbeats are answered here, before any user code sees anything.
         for frame in frames:
             link.send(frame)
+        if only_messages:
+            if happened:
+                self._deliver(happened)  # type: ignore[arg-type]
+            return
         deliver: list[Message] = []
-        for event in events:
-            if type(event) is Deliver:
-                deliver.append(event.message)
+        for done in happened:
+            if isinstance(done, Message):
+                deliver.append(done)
                 continue
             if deliver:
                 self._deliver(deliver)
                 deliver = []
-            self._on_event(event)
+            self._on_event(done)
         if deliver:
             self._deliver(deliver)
 
@@ -272,8 +292,7 @@ class Reader:
             stats.malformed += 1
             logger.warning("skipped a malformed frame: %s", event.error)
         elif isinstance(event, Duplicate):
-            with host.lock:  # also counted by the dispatcher and recv() callers
-                stats.duplicates += 1
+            stats.duplicates += 1  # only here: duplicates are dropped as they arrive
             host.book.duplicate(event.message, host.protocol.subscriptions)
             logger.debug(
                 "dropped duplicate signal %s of strategy %s",
@@ -292,31 +311,36 @@ class Reader:
         host = self._host
         host.stats.messages += len(messages)
         host.book.arrived(messages, host.protocol.subscriptions, datetime.now(timezone.utc))
-        callbacks_for = host.dispatcher.callbacks_for
-        posts = []
-        queued: list[Message] = []
-        for message in messages:
-            if isinstance(message, Gap):
-                logger.warning(
-                    "gap in strategy %s signals: missing after seq_id %s (the replay from %s "
-                    "stopped): %s (fetch them from the REST API)",
-                    message.strategy_id,
-                    message.missing_after,
-                    message.from_seq,
-                    message.message,
-                )
-            callbacks = callbacks_for(message)
-            if callbacks:
-                posts.append((callbacks, message))
-            else:
-                queued.append(message)
-        if posts:
-            host.stats.dropped += host.dispatcher.post_many(posts)
+        by_type, star = host.dispatcher.routes  # one snapshot for the batch
+        if not by_type and not star:
+            queued = messages  # no callbacks at all: everything goes to recv()
+        else:
+            posts = []
+            queued = []
+            for message in messages:
+                handles = by_type.get(message.msg_type, star)
+                if handles:
+                    posts.append((handles, message))
+                else:
+                    queued.append(message)
+            if posts:
+                host.stats.dropped += host.dispatcher.post_many(posts)
         if queued:
             dropped = host.inbox.put_many(queued)
             if dropped:
                 host.stats.dropped += dropped
                 host.dispatcher.overflowed(dropped)  # on_error is told as well
+
+
+def log_gap(gap: Gap) -> None:
+    logger.warning(
+        "gap in strategy %s signals: missing after seq_id %s (the replay from %s stopped): "
+        "%s (fetch them from the REST API)",
+        gap.strategy_id,
+        gap.missing_after,
+        gap.from_seq,
+        gap.message,
+    )
 
 
 def unreadable(exc: Exception) -> ProtocolError:

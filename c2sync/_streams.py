@@ -19,7 +19,7 @@ Guarantees (docs/api-contract.md "Reconnecting" and "Back-pressure"):
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import attrs
 
@@ -109,20 +109,36 @@ class Streams:
             stream.held = resume_from
         return None
 
-    def accept(self, signal: Signal, only_strategy: int | None) -> Event:
+    def in_order(self, signal: Signal) -> bool:
+        """The hot path of :meth:`accept`: True when ``signal`` (a valid ``seq_id``, a
+        wanted strategy) comes above everything held, which it now is; False when
+        :meth:`accept` must decide (a duplicate, a restart, an unknown strategy, no
+        strategy, an invalid ``seq_id``: nothing was changed)."""
+        stream = self._streams.get(signal.strategy_id)  # type: ignore[arg-type]
+        if stream is None:
+            return False
+        seq_id = signal.seq_id
+        held = stream.held
+        if type(seq_id) is not int or not (held or 0) < seq_id <= MAX_SEQ_ID:
+            return False
+        stream.held = seq_id
+        return True
+
+    def accept(self, signal: Signal, only_strategy: Callable[[], int | None]) -> Event:
         """Order one arriving signal: deliver it, or drop it as a duplicate.
 
         Args:
             signal: the signal.
-            only_strategy: the only signal subscription, for a signal naming no strategy.
+            only_strategy: returns the only signal subscription, asked only for a signal
+                naming no strategy.
         """
         if not valid_seq_id(signal.seq_id):
             return self.invalid(signal)
         strategy_id = signal.strategy_id
         if strategy_id is None:
-            if only_strategy is None:
+            strategy_id = only_strategy()
+            if strategy_id is None:
                 return Deliver(signal)  # no strategy to order it by: pass it through
-            strategy_id = only_strategy
             signal = attrs.evolve(signal, strategy_id=strategy_id)
         stream = self._streams.get(strategy_id)
         if stream is None:

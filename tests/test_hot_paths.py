@@ -1,0 +1,275 @@
+"""The hot-path trims of issue 13 give what the plain paths give.
+
+Each trim is a second way to the same result: the protocol's in-order fast path beside
+``receive_parsed``, the dispatcher's routes beside the registry, the subscription book's run
+of one strategy beside its general path, the inbox's quick pop beside ``get_many``. Each test
+here drives both ways with the same (generated or hostile) input and compares.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from c2sync import POSITIONS, SIGNAL, Gap, Message, Positions, QueueOverflow, Signal
+from c2sync._dispatcher import Dispatcher
+from c2sync._inbox import Inbox
+from c2sync._protocol import ClientProtocol, Deliver, Event
+from c2sync._substats import SubscriptionBook, pair_of
+from c2sync.codec import parse_message
+from c2sync.exceptions import ConnectionClosed, ProtocolError
+
+WANTED = (1001, 1002)
+UNKNOWN = 2001
+WALL = datetime(2024, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2024, 1, 1, 12, 0, 1, tzinfo=timezone.utc)
+
+
+def frame(msg_type: str, **fields: Any) -> str:
+    return json.dumps({"msg_type": msg_type, "timestamp": "2024-01-01T12:00:00Z", **fields})
+
+
+def connected_protocol() -> ClientProtocol:
+    """Open, with both WANTED strategies subscribed (acked)."""
+    proto = ClientProtocol(
+        40.0, request_ids=(f"r{n}" for n in itertools.count(1)), wallclock=lambda: WALL
+    )
+    proto.connection_made()
+    proto.receive(frame("connection.connected"), 0.0)
+    for strategy_id in WANTED:
+        request_id, _ = proto.request("subscribe", SIGNAL, strategy_id)
+        ack = frame(
+            "subscription.ack",
+            request_id=request_id,
+            payload={"action": "subscribe", "channel": SIGNAL, "strategy_id": strategy_id},
+        )
+        proto.receive(ack, 0.0)
+    return proto
+
+
+# What a server may send: signals of wanted and unknown strategies, with seq_ids in order,
+# repeated, going backwards (a little: duplicates; a lot: a restart), invalid; no strategy;
+# heartbeats, gaps, positions, junk.
+seq_ids = st.one_of(
+    st.integers(1, 40),
+    st.integers(1, 40).map(lambda n: n + 5000),
+    st.sampled_from([0, -1, 2**63, "7", None, 1.5, True]),
+)
+frames = st.one_of(
+    st.builds(
+        lambda sid, seq: frame(SIGNAL, seq_id=seq, payload={"strategy_id": sid}),
+        st.sampled_from([*WANTED, UNKNOWN]),
+        seq_ids,
+    ),
+    st.builds(lambda seq: frame(SIGNAL, seq_id=seq, payload={}), seq_ids),
+    st.just(frame("heartbeat")),
+    st.just(frame("gap", payload={"channel": SIGNAL, "strategy_id": WANTED[0], "from_seq": 3})),
+    st.just(frame(POSITIONS, payload={"StrategyId": WANTED[1], "Positions": []})),
+    st.just("not json"),
+)
+
+
+def parsed(text: str) -> Message | ProtocolError:
+    try:
+        return parse_message(text)
+    except ProtocolError as exc:
+        return exc
+
+
+def outcome(events: list[Event]) -> list[Any]:
+    """Comparable: a message delivered as itself, an event as its type and message."""
+    out: list[Any] = []
+    for event in events:
+        if isinstance(event, Deliver):
+            out.append(("deliver", event.message))
+        else:
+            out.append((type(event).__name__, getattr(event, "message", None)))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(frames, max_size=60))
+def test_the_in_order_fast_path_changes_nothing(texts: list[str]) -> None:
+    """The reader's way (accept_in_order first, receive_parsed for the rest) delivers the
+    same messages, drops the same duplicates and ends with the same resume points as
+    receive_parsed alone."""
+    plain, fast = connected_protocol(), connected_protocol()
+    plain_out: list[Any] = []
+    fast_out: list[Any] = []
+    taken = 0
+    for text in texts:
+        item = parsed(text)
+        plain_out += outcome(plain.receive_parsed(item, 1.0))
+        if fast.accept_in_order(item):
+            fast_out.append(("deliver", item))
+            taken += 1
+        else:
+            fast_out += outcome(fast.receive_parsed(item, 1.0))
+        assert plain.data_to_send() == fast.data_to_send()
+    assert fast_out == plain_out
+    for strategy_id in (*WANTED, UNKNOWN):
+        assert fast.resume_point(strategy_id) == plain.resume_point(strategy_id)
+    assert fast.invalid_seq_ids == plain.invalid_seq_ids
+
+
+def test_the_fast_path_takes_in_order_signals_and_only_them() -> None:
+    """It takes a wanted strategy's signals above what is held; everything else goes to
+    receive_parsed, untouched (so the test above compares something)."""
+    proto = connected_protocol()
+    first = parse_message(frame(SIGNAL, seq_id=5, payload={"strategy_id": WANTED[0]}))
+    assert proto.accept_in_order(first)
+    assert proto.resume_point(WANTED[0]) == 5
+    for text in (
+        frame(SIGNAL, seq_id=5, payload={"strategy_id": WANTED[0]}),  # a duplicate
+        frame(SIGNAL, seq_id=4, payload={"strategy_id": WANTED[0]}),  # backwards
+        frame(SIGNAL, seq_id=9, payload={"strategy_id": UNKNOWN}),  # not asked for
+        frame(SIGNAL, seq_id=9, payload={}),  # no strategy
+        frame(SIGNAL, seq_id="9", payload={"strategy_id": WANTED[0]}),  # invalid seq_id
+        frame("heartbeat"),
+    ):
+        assert not proto.accept_in_order(parsed(text)), text
+    assert proto.resume_point(WANTED[0]) == 5
+    assert not proto.accept_in_order(ProtocolError("bad"))
+    proto.connection_lost()
+    proto.connection_made()  # awaiting connection.connected: nothing but it may pass
+    late = parse_message(frame(SIGNAL, seq_id=6, payload={"strategy_id": WANTED[0]}))
+    assert not proto.accept_in_order(late)
+
+
+# The dispatcher's routes -------------------------------------------------------------
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.sampled_from([SIGNAL, POSITIONS, "*", "gap"])), max_size=20
+    )
+)
+def test_routes_follow_the_registry(steps: list[tuple[bool, str]]) -> None:
+    """After any on()/off() sequence, a message of each type is routed to its type's
+    handles then the "*" ones, in registration order, as the registry says."""
+    dispatcher = Dispatcher(lambda m: True, lambda s: None)
+    handles = []
+    for add, msg_type in steps:
+        if add or not handles:
+            handles.append(dispatcher.on(msg_type, print))
+        else:
+            dispatcher.off(handles.pop(0))
+        registry = dispatcher.callbacks
+        for kind in (SIGNAL, POSITIONS, "gap", "other"):
+            expected = registry.get(kind, ()) + registry.get("*", ())
+            assert dispatcher.callbacks_for(Message(msg_type=kind)) == expected
+
+
+# The subscription book's run of one strategy -------------------------------------------
+
+
+def reference_arrived(messages: list[Message], held: set[Any]) -> dict[Any, tuple[Any, ...]]:
+    """What SubscriptionBook.arrived counts, the plain way."""
+    counts: dict[Any, list[Any]] = {}
+    for message in messages:
+        pair = pair_of(message)
+        if pair is None or pair not in held:
+            continue
+        entry = counts.setdefault(pair, [None, None, 0, 0])
+        if isinstance(message, Gap):
+            entry[3] += 1
+            continue
+        entry[2] += 1
+        entry[1] = NOW
+        if message.seq_id is not None:
+            entry[0] = message.seq_id
+    return {pair: tuple(e) for pair, e in counts.items()}
+
+
+book_messages = st.one_of(
+    st.builds(
+        lambda sid, seq: Signal(msg_type=SIGNAL, seq_id=seq, strategy_id=sid),
+        st.sampled_from([1, 2, 3, None]),
+        st.integers(1, 100),
+    ),
+    st.builds(
+        lambda sid: Positions(msg_type=POSITIONS, strategy_id=sid), st.sampled_from([1, 2, None])
+    ),
+    st.builds(
+        lambda sid: Gap(msg_type="gap", channel=SIGNAL, strategy_id=sid, from_seq=1),
+        st.sampled_from([1, 2]),
+    ),
+    st.just(Message(msg_type="other")),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(book_messages, max_size=30), max_size=4))
+def test_the_book_counts_runs_as_the_plain_way_does(batches: list[list[Message]]) -> None:
+    """Runs of one strategy's signals are counted like any other arrivals, whatever comes
+    between them (another strategy, a gap, positions, a signal naming no strategy)."""
+    held = {(SIGNAL, 1), (SIGNAL, 2), (POSITIONS, 1)}
+    book = SubscriptionBook()
+    for batch in batches:
+        book.arrived(batch, held, NOW)
+    expected = reference_arrived([m for batch in batches for m in batch], held)
+    got = book.snapshot(held)
+    for pair in held:
+        stats = got[pair]
+        want = expected.get(pair, (None, None, 0, 0))
+        assert (stats.last_seq, stats.last_message_at, stats.messages, stats.gaps) == want
+
+
+# The inbox's quick pop ----------------------------------------------------------------
+
+
+def signal(seq: int) -> Signal:
+    return Signal(msg_type=SIGNAL, seq_id=seq, strategy_id=WANTED[0])
+
+
+def test_an_overflow_is_raised_before_the_messages_that_wait() -> None:
+    """get() with messages waiting still raises QueueOverflow first, once."""
+    inbox = Inbox(3, dict)
+    assert inbox.put_many([signal(n) for n in range(1, 6)]) == 2
+    try:
+        inbox.get(None)
+    except QueueOverflow as exc:
+        assert exc.dropped == 2
+    else:
+        raise AssertionError("QueueOverflow not raised")
+    assert [inbox.get(None).seq_id for _ in range(3)] == [3, 4, 5]
+
+
+def test_a_discarding_end_wins_over_the_messages_that_wait() -> None:
+    """Ended by close() (discard): get() raises at once though messages wait; a plain end
+    hands them out first."""
+    inbox = Inbox(10, dict)
+    inbox.put_many([signal(1), signal(2)])
+    inbox.end(lambda: ConnectionClosed(None, "", "closed"), discard=True)
+    try:
+        inbox.get(None)
+    except ConnectionClosed:
+        pass
+    else:
+        raise AssertionError("a discarding end handed a message out")
+    inbox = Inbox(10, dict)
+    inbox.put_many([signal(1)])
+    inbox.end(lambda: ConnectionClosed(None, "", "failed"), discard=False)
+    assert inbox.get(None).seq_id == 1
+    try:
+        inbox.get(None)
+    except ConnectionClosed:
+        pass
+    else:
+        raise AssertionError("the end was not raised once the queue was empty")
+
+
+def test_a_replay_admitted_past_the_bound_is_released_by_the_quick_pop() -> None:
+    """Signals of a replay the user asked for are let past the bound; popping them one by
+    one (the quick path) gives the room back, so the bound holds again afterwards."""
+    inbox = Inbox(2, dict)
+    inbox.purge(WANTED[0], 0, 4)  # a replay of 1..4 is expected
+    assert inbox.put_many([signal(n) for n in range(1, 5)]) == 0  # all four kept
+    assert [inbox.get(None).seq_id for _ in range(4)] == [1, 2, 3, 4]
+    assert inbox.put_many([signal(n) for n in range(5, 9)]) == 2  # the bound is back
