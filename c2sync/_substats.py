@@ -2,9 +2,8 @@
 
 The reader thread records arrivals, duplicates dropped on arrival and explicit replays
 (:meth:`SubscriptionBook.arrived`, :meth:`~SubscriptionBook.duplicate`,
-:meth:`~SubscriptionBook.resumed`); the session records restores after a reconnect, and
-duplicates dropped at hand-out (the dispatcher thread and ``recv()`` callers); user threads
-read a snapshot (:meth:`SubscriptionBook.snapshot`). Its own small lock guards it; no user
+:meth:`~SubscriptionBook.resumed`); the session records restores after a reconnect; user
+threads read a snapshot (:meth:`SubscriptionBook.snapshot`). Its own small lock guards it; no user
 code runs under it and no other lock is taken inside it.
 
 Guarantees (docs/api-contract.md "Observability", "Back-pressure"): one entry per current
@@ -27,6 +26,7 @@ from .messages import Gap, Message, Positions, Signal
 __all__ = ["SubscriptionBook", "SubscriptionStats"]
 
 Pair = tuple[str, int]
+_NO_RUN = object()  # equal to no strategy_id
 
 
 @attrs.frozen
@@ -102,13 +102,24 @@ class SubscriptionBook:
         """Messages that arrived for the user (duplicates already dropped), at ``now``."""
         with self._lock:
             entries = self._entries
+            # A flood is one strategy's signals in a row: while the strategy stays the
+            # same, its entry is bumped without looking it up again (a delivered Signal
+            # always has its seq_id; the entry already has this batch's time).
+            run: object = _NO_RUN
+            entry = _Entry()
             for message in messages:
+                if type(message) is Signal and message.strategy_id == run:
+                    entry.messages += 1
+                    entry.last_seq = message.seq_id
+                    continue
+                run = _NO_RUN
                 pair = pair_of(message)
                 if pair is None or pair not in held:
                     continue
-                entry = entries.get(pair)
-                if entry is None:
-                    entry = entries[pair] = _Entry()
+                found = entries.get(pair)
+                if found is None:
+                    found = entries[pair] = _Entry()
+                entry = found
                 if isinstance(message, Gap):
                     entry.gaps += 1
                     entry.last_gap = message.message
@@ -117,6 +128,8 @@ class SubscriptionBook:
                 entry.last_message_at = now
                 if message.seq_id is not None:
                     entry.last_seq = message.seq_id
+                if type(message) is Signal:
+                    run = message.strategy_id  # not None: pair_of found its pair
             self._prune(held)
 
     def duplicate(self, message: Message, held: Collection[Pair]) -> None:
