@@ -73,6 +73,8 @@ class Session:
         )
         self.life = Lifecycle(self.dispatcher.post_state)
         self.lock = self.life.lock
+        self.mutex = self.life.mutex  # the same lock, cheaper to take (no waiting through it)
+        self._checkpoint = options.checkpoint
         self.inbox = Inbox(options.max_queue, self._last_delivered)
         self.pending = Pending()
         self.watchdog = Watchdog(lambda: self.protocol.deadline, self._expire, self._cut)
@@ -181,26 +183,13 @@ class Session:
     # Handing out -----------------------------------------------------------------------
 
     def _hand_out(self, message: Message) -> bool:
-        """Whether ``message`` may be handed out (False: a duplicate, now counted)."""
-        with self.lock:
-            fresh = self.protocol.hand_out(message)
-            if not fresh:
-                self.stats.duplicates += 1
-                self.book.duplicate(message, self.protocol.subscriptions)
-        return fresh
-
-    def _hand_out_many(self, messages: list[Message]) -> list[Message]:
-        """:meth:`_hand_out` for a batch, under one lock: the fresh ones, in order."""
-        fresh: list[Message] = []
-        with self.lock:
-            hand_out = self.protocol.hand_out
-            for message in messages:
-                if hand_out(message):
-                    fresh.append(message)
-                else:
-                    self.stats.duplicates += 1
-                    self.book.duplicate(message, self.protocol.subscriptions)
-        return fresh
+        """Record that ``message`` is about to reach the user (the dispatcher's hook; only
+        a signal changes anything). True: nothing is refused here (duplicates were dropped
+        as they arrived)."""
+        if isinstance(message, Signal):
+            with self.mutex:
+                self.protocol.hand_out(message)
+        return True
 
     def _count_resumes(self) -> None:
         # Under the lock, as a connection opens: the signal subscriptions the reader is
@@ -222,36 +211,41 @@ class Session:
 
     def recv(self, timeout: float | None) -> Message:
         self.require_opened()
-        self._commit_in_hand()
+        if self._in_hand:
+            self._commit_in_hand()
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            try:
-                message = self.inbox.get(deadline)
-            except TimeoutError:
-                raise TimeoutError(f"no message within {timeout:g} s") from None
-            if self._hand_out(message):
-                if isinstance(message, Signal):
-                    self._in_hand = [message]
-                return message
+        try:
+            message = self.inbox.get(deadline)
+        except TimeoutError:
+            raise TimeoutError(f"no message within {timeout:g} s") from None
+        if isinstance(message, Signal):
+            with self.mutex:
+                self.protocol.hand_out(message)
+            if self._checkpoint is not None:  # else nothing is done at the next call
+                self._in_hand = [message]
+        return message
 
     def recv_many(self, limit: int, timeout: float | None) -> list[Message]:
         """Up to ``limit`` waiting messages, in order, waiting until ``timeout`` for the
         first; [] when none came. The batch counts as processed at the next call."""
         self.require_opened()
-        self._commit_in_hand()
+        if self._in_hand:
+            self._commit_in_hand()
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            try:
-                batch = self.inbox.get_many(limit, deadline)
-            except TimeoutError:
-                return []
-            fresh = self._hand_out_many(batch)
-            if fresh:  # else every one was a duplicate: wait on, to the same deadline
-                # Signals arrive in order per strategy: the last one of each is what a
-                # checkpoint needs.
-                last = {m.strategy_id: m for m in fresh if isinstance(m, Signal)}
-                self._in_hand = list(last.values())
-                return fresh
+        try:
+            batch = self.inbox.get_many(limit, deadline)
+        except TimeoutError:
+            return []
+        with self.mutex:
+            hand_out = self.protocol.hand_out
+            for message in batch:
+                hand_out(message)
+        if self._checkpoint is not None:
+            # Signals arrive in order per strategy: the last one of each is what a
+            # checkpoint needs.
+            last = {m.strategy_id: m for m in batch if isinstance(m, Signal)}
+            self._in_hand = list(last.values())
+        return batch
 
     def _commit_in_hand(self) -> None:
         held, self._in_hand = self._in_hand, []
