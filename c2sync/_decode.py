@@ -66,7 +66,14 @@ def decode_pure(text: str) -> Any:
 def _too_deep(text: str) -> bool:
     """Whether ``text`` opens more than :data:`MAX_DEPTH` objects or arrays at once
     (brackets inside strings do not count). Counting the openers first (C speed) leaves
-    the character scan to the rare frame that has more than :data:`MAX_DEPTH` of them."""
+    the character scan to the rare frame that has more than :data:`MAX_DEPTH` of them.
+
+    A frame that is JSON and nests that deep opens and closes more than :data:`MAX_DEPTH`
+    containers, so it is longer than ``2 * MAX_DEPTH`` characters: shorter frames (nearly
+    all) skip the count. A shorter one with more openers never closes them all: it is not
+    JSON, which json says (a ``ProtocolError`` either way)."""
+    if len(text) <= 2 * MAX_DEPTH:
+        return False
     if text.count("[") + text.count("{") <= MAX_DEPTH:
         return False
     depth = 0

@@ -66,7 +66,8 @@ class Dispatcher:
     Args:
         hand_out: called on the dispatcher thread before a message's callbacks run; False
             means the message is a duplicate and is skipped.
-        processed: called after every callback of a signal returned without raising.
+        processed: called after every callback of a signal returned without raising (None:
+            nobody needs to know, as without a checkpoint).
         max_queue: the backlog's bound, in messages.
         last_seq: ``{strategy_id: last seq_id delivered}``, for :class:`QueueOverflow`.
     """
@@ -74,7 +75,7 @@ class Dispatcher:
     def __init__(
         self,
         hand_out: Callable[[Message], bool],
-        processed: Callable[[Signal], None],
+        processed: Callable[[Signal], None] | None,
         max_queue: int = 10_000,
         last_seq: Callable[[], Mapping[int, int]] = dict,
     ) -> None:
@@ -328,7 +329,7 @@ class Dispatcher:
             self._stopped = False
 
     def _run(self) -> None:
-        cond, mutex = self._cond, self._mutex
+        cond, mutex, processed = self._cond, self._mutex, self._processed
         while True:
             with mutex:
                 self._running = None
@@ -374,5 +375,5 @@ class Dispatcher:
                 except Exception:
                     ok = False
                     logger.exception("callback %r raised on %r", target, item)
-            if ok and isinstance(item, Signal):
-                self._processed(item)
+            if ok and processed is not None and isinstance(item, Signal):
+                processed(item)

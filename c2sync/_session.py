@@ -69,7 +69,10 @@ class Session:
         self.stats = Stats()
         self.connected_message: Message | None = None
         self.dispatcher = Dispatcher(
-            self._hand_out, self._processed, options.max_queue, self._last_delivered
+            self._hand_out,
+            self._processed if checkpoint is not None else None,
+            options.max_queue,
+            self._last_delivered,
         )
         self.life = Lifecycle(self.dispatcher.post_state)
         self.lock = self.life.lock
