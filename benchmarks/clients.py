@@ -254,6 +254,11 @@ class C2syncCallback(C2syncRecv):
             if stop():
                 done.set()
 
+        def on_error(exc: BaseException) -> None:
+            if isinstance(exc, self.c2sync.QueueOverflow):
+                self.dropped += exc.dropped  # the callbacks' backlog is bounded too
+
+        self.client.on_error(on_error)
         self.client.on(self.c2sync.SIGNAL, on_signal)  # before any signal can arrive
         if subscribe:
             self.client.subscribe(self.c2sync.SIGNAL, STRATEGY_ID)
