@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 from datetime import datetime, timezone
 from typing import Any
 
@@ -273,3 +274,62 @@ def test_a_replay_admitted_past_the_bound_is_released_by_the_quick_pop() -> None
     assert inbox.put_many([signal(n) for n in range(1, 5)]) == 0  # all four kept
     assert [inbox.get(None).seq_id for _ in range(4)] == [1, 2, 3, 4]
     assert inbox.put_many([signal(n) for n in range(5, 9)]) == 2  # the bound is back
+
+
+# Heartbeats answered before the frames that came with them ------------------------------
+
+
+def test_a_heartbeat_behind_other_frames_is_answered_and_nothing_moves() -> None:
+    """One write brings 300 signals, a signal whose text holds '"heartbeat"' (a false hint),
+    a heartbeat, 99 more signals and a heartbeat. The reader answers the heartbeats before
+    parsing the frames around them; every signal still arrives once, in order, and each
+    heartbeat is answered and counted once."""
+    import c2sync
+
+    from .conftest import API_KEY
+    from .hostile import CONNECTED, WAIT, Conn, RawServer, text
+
+    acks: list[str] = []
+    done = threading.Event()
+
+    def handler(conn: Conn) -> None:
+        conn.accept()
+        conn.sock.sendall(text(CONNECTED))
+        (_, request), *_ = conn.read_frames(limit=0.5)
+        request_id = json.loads(request)["request_id"]
+        ack = frame(
+            "subscription.ack",
+            request_id=request_id,
+            payload={"action": "subscribe", "channel": SIGNAL, "strategy_id": WANTED[0]},
+        )
+        conn.sock.sendall(text(ack))
+
+        def sig(seq: int, **extra: Any) -> bytes:
+            payload = {"strategy_id": WANTED[0], "Note": "x" * 200, **extra}
+            return text(frame(SIGNAL, seq_id=seq, payload=payload))
+
+        burst = b"".join(sig(n) for n in range(1, 301))
+        burst += sig(301, heartbeat="market")  # its text holds '"heartbeat"'
+        burst += text(frame("heartbeat"))
+        burst += b"".join(sig(n) for n in range(302, 401))
+        burst += text(frame("heartbeat"))
+        conn.sock.sendall(burst)
+        for _, payload in conn.read_frames(limit=1.0):
+            acks.append(json.loads(payload)["msg_type"])
+        done.set()
+
+    server = RawServer(handler)
+    try:
+        client = c2sync.connect(API_KEY, url=server.url, reconnect=False)
+        try:
+            client.subscribe(SIGNAL, WANTED[0], timeout=WAIT)
+            seq_ids = [client.recv(timeout=WAIT).seq_id for _ in range(400)]
+            assert seq_ids == list(range(1, 401))
+            assert done.wait(WAIT)
+            assert acks == ["heartbeat.ack", "heartbeat.ack"]
+            assert client.stats.heartbeats == client.stats.acks_sent == 2
+            assert client.stats.malformed == 0 and client.stats.duplicates == 0
+        finally:
+            client.close()
+    finally:
+        server.close()
