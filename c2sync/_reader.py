@@ -229,21 +229,25 @@ class Reader:
         """Take the messages one read brought: parsed outside the lock (most of the cost,
         and it needs no state), fed to the protocol under the lock in one go, acks sent,
         then handed on together (one lock and at most one wake-up per room)."""
-        early = self._heartbeats_first(link, texts) if len(texts) > 1 else None
+        failed: list[ConnectionClosed] = []  # an ack that could not be sent
+        early = self._heartbeats_first(link, texts, failed) if len(texts) > 1 else None
         if not early:
-            self._take(link, [_parse(text) for text in texts])
-            return
-        parsed = []
-        for index, text in enumerate(texts):
-            if index not in early:
-                parsed.append(_parse(text))
-            elif early[index] is not None:
-                parsed.append(early[index])  # type: ignore[arg-type]
-        if parsed:
-            self._take(link, parsed)
+            self._take(link, [_parse(text) for text in texts], failed)
+        else:
+            parsed = []
+            for index, text in enumerate(texts):
+                if index not in early:
+                    parsed.append(_parse(text))
+                elif early[index] is not None:
+                    parsed.append(early[index])  # type: ignore[arg-type]
+            if parsed:
+                self._take(link, parsed, failed)
+        if failed:
+            # What was read is handed on first: the link's loss must not lose it.
+            raise failed[0]
 
     def _heartbeats_first(
-        self, link: Link, texts: list[str | bytes]
+        self, link: Link, texts: list[str | bytes], failed: list[ConnectionClosed]
     ) -> dict[int, Message | ProtocolError | None]:
         """Section 5 asks for an ack at once: a heartbeat that came in one read behind other
         frames is answered before they are parsed (its ack depends on nothing they carry;
@@ -259,15 +263,19 @@ class Reader:
         for index in hits:
             item = _parse(texts[index])
             if isinstance(item, Message) and item.msg_type == HEARTBEAT:
-                self._take(link, [item])
+                self._take(link, [item], failed)
                 early[index] = None
             else:
                 early[index] = item
         return early
 
-    def _take(self, link: Link, parsed: list[Message | ProtocolError]) -> None:
+    def _take(
+        self, link: Link, parsed: list[Message | ProtocolError], failed: list[ConnectionClosed]
+    ) -> None:
         """Feed parsed frames to the core under the lock in one go, send the acks, then
-        hand the messages on together."""
+        hand the messages on together. An ack that cannot be sent (the link is going) is
+        noted in ``failed``, and what the core took is still handed on: its resume points
+        already count it."""
         host = self._host
         protocol = host.protocol
         in_order, receive = protocol.accept_in_order, protocol.receive_parsed
@@ -296,8 +304,11 @@ class Reader:
             frames = protocol.data_to_send()
             host.stats.clock_skew = protocol.clock_skew
         # Section 5: heartbeats are answered here, before any user code sees anything.
-        for frame in frames:
-            link.send(frame)
+        try:
+            for frame in frames:
+                link.send(frame)
+        except ConnectionClosed as exc:
+            failed.append(exc)
         if only_messages:
             if happened:
                 self._deliver(happened)  # type: ignore[arg-type]

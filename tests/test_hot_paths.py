@@ -333,3 +333,63 @@ def test_a_heartbeat_behind_other_frames_is_answered_and_nothing_moves() -> None
             client.close()
     finally:
         server.close()
+
+
+def test_an_ack_that_cannot_be_sent_loses_none_of_the_frames_read_with_it() -> None:
+    """The link fails while the reader answers a heartbeat that came with 100 signals in
+    one write: the signals the core took are handed out before the loss ends the client
+    (their resume points already count them; before, they were dropped)."""
+    import c2sync
+    from c2sync._link import Link
+
+    from .conftest import API_KEY
+    from .hostile import CONNECTED, WAIT, Conn, RawServer, text
+
+    class FailingAcks(Link):
+        """The real link, except that sending a heartbeat.ack fails as a dead socket's
+        send does."""
+
+        def send(self, message: str) -> None:
+            if '"heartbeat.ack"' in message:
+                raise c2sync.ConnectionClosed(None, "", "send failed: broken pipe")
+            super().send(message)
+
+    def handler(conn: Conn) -> None:
+        conn.accept()
+        conn.sock.sendall(text(CONNECTED))
+        (_, request), *_ = conn.read_frames(limit=0.5)
+        ack = frame(
+            "subscription.ack",
+            request_id=json.loads(request)["request_id"],
+            payload={"action": "subscribe", "channel": SIGNAL, "strategy_id": WANTED[0]},
+        )
+        burst = text(ack)
+        burst += b"".join(
+            text(frame(SIGNAL, seq_id=n, payload={"strategy_id": WANTED[0]})) for n in range(1, 51)
+        )
+        burst += text(frame("heartbeat"))
+        burst += b"".join(
+            text(frame(SIGNAL, seq_id=n, payload={"strategy_id": WANTED[0]}))
+            for n in range(51, 101)
+        )
+        conn.sock.sendall(burst)
+        conn.read_frames(limit=2.0)  # until the client goes
+
+    server = RawServer(handler)
+    try:
+        client = c2sync.connect(
+            API_KEY, url=server.url, reconnect=False, link_factory=FailingAcks
+        )
+        try:
+            client.subscribe(SIGNAL, WANTED[0], timeout=WAIT)
+            seq_ids = []
+            try:
+                while True:
+                    seq_ids.append(client.recv(timeout=WAIT).seq_id)
+            except c2sync.ConnectionClosed:
+                pass
+            assert seq_ids == list(range(1, 101))
+        finally:
+            client.close()
+    finally:
+        server.close()
