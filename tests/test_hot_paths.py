@@ -393,3 +393,43 @@ def test_an_ack_that_cannot_be_sent_loses_none_of_the_frames_read_with_it() -> N
             client.close()
     finally:
         server.close()
+
+
+# The client's own frames ---------------------------------------------------------------
+
+
+def unmask(frame_bytes: bytes) -> tuple[int, int, bytes]:
+    """(first byte, mask bit, payload) of one client frame, read by the RFC's rules."""
+    first, second = frame_bytes[0], frame_bytes[1]
+    size, pos = second & 0x7F, 2
+    if size == 126:
+        size, pos = int.from_bytes(frame_bytes[2:4], "big"), 4
+    elif size == 127:
+        size, pos = int.from_bytes(frame_bytes[2:10], "big"), 10
+    key = frame_bytes[pos : pos + 4]
+    body = frame_bytes[pos + 4 :]
+    assert len(body) == size
+    return first, second & 0x80, bytes(b ^ key[i % 4] for i, b in enumerate(body))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from([0x1, 0x2, 0x8, 0x9, 0xA]),
+    st.one_of(
+        st.binary(max_size=300),
+        st.sampled_from([125, 126, 127, 65535, 65536, 70001]).map(
+            lambda n: (bytes(range(256)) * (n // 256 + 1))[:n]
+        ),
+    ),
+)
+def test_client_frames_are_whole_masked_and_carry_the_payload(opcode: int, payload: bytes) -> None:
+    """Every length form (7-bit, 16-bit, 64-bit), FIN set, the mask bit set, a fresh key,
+    and the payload back after unmasking; text is sent as UTF-8."""
+    from c2sync._link import client_frame
+
+    first, masked, body = unmask(client_frame(opcode, payload))
+    assert first == 0x80 | opcode and masked and body == payload
+    first, masked, body = unmask(client_frame(0x1, "heartbeat.ack é"))
+    assert body == "heartbeat.ack é".encode()
+    keys = {client_frame(0x1, "x")[2:6] for _ in range(8)}
+    assert len(keys) > 1  # a fresh key per frame
