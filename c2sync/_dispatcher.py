@@ -64,8 +64,8 @@ class Dispatcher:
     """Callbacks and the thread that runs them.
 
     Args:
-        hand_out: called on the dispatcher thread before a message's callbacks run; False
-            means the message is a duplicate and is skipped.
+        hand_out: called on the dispatcher thread before a message's callbacks run (the
+            session records what reached the user).
         processed: called after every callback of a signal returned without raising (None:
             nobody needs to know, as without a checkpoint).
         max_queue: the backlog's bound, in messages.
@@ -74,7 +74,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        hand_out: Callable[[Message], bool],
+        hand_out: Callable[[Message], None],
         processed: Callable[[Signal], None] | None,
         max_queue: int = 10_000,
         last_seq: Callable[[], Mapping[int, int]] = dict,
@@ -359,9 +359,10 @@ class Dispatcher:
                 if not dropped:
                     continue
                 item = QueueOverflow(dropped, self._last_seq())
-            # Stopped: messages left are not handed out (they are not lost: resume).
-            elif isinstance(item, Message) and (stopped or not self._hand_out(item)):
-                continue
+            elif isinstance(item, Message):
+                if stopped:
+                    continue  # messages left are not handed out (they are not lost: resume)
+                self._hand_out(item)
             ok = True
             for target in targets:
                 if isinstance(target, Handle):

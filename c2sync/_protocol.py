@@ -478,16 +478,12 @@ class ClientProtocol:
 
     # Handing out -----------------------------------------------------------------------
 
-    def hand_out(self, message: Message) -> bool:
+    def hand_out(self, message: Message) -> None:
         """Record that ``message`` is about to reach the user.
 
-        Duplicates were dropped as they arrived (:meth:`receive`); a signal reaching here
-        is handed out whatever the last one was (the queue and the callbacks' backlog may
-        interleave a strategy's signals when callbacks come and go, and a server that
-        restarted its numbering goes down).
-
-        Returns:
-            True (kept for the callers' sake: nothing is refused here).
+        Nothing is refused here: duplicates were dropped as they arrived (:meth:`receive`);
+        a signal reaching here is handed out whatever the last one was (the queue and the
+        callbacks' backlog may interleave a strategy's signals when callbacks come and go,
+        and a server that restarted its numbering goes down).
         """
         self._streams.hand_out(message)
-        return True

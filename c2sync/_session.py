@@ -185,14 +185,13 @@ class Session:
 
     # Handing out -----------------------------------------------------------------------
 
-    def _hand_out(self, message: Message) -> bool:
+    def _hand_out(self, message: Message) -> None:
         """Record that ``message`` is about to reach the user (the dispatcher's hook; only
-        a signal changes anything). True: nothing is refused here (duplicates were dropped
-        as they arrived)."""
+        a signal changes anything, and nothing is refused: duplicates were dropped as they
+        arrived)."""
         if isinstance(message, Signal):
             with self.mutex:
                 self.protocol.hand_out(message)
-        return True
 
     def _count_resumes(self) -> None:
         # Under the lock, as a connection opens: the signal subscriptions the reader is
