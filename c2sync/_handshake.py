@@ -6,7 +6,8 @@ owns (so ``close()`` can cut it at any moment). Guarantees (docs/api-contract.md
 response is read within :data:`MAX_HEADERS` bytes of status line and headers and
 :data:`MAX_BODY` bytes of body, so memory stays flat whatever the server sends; a 3xx is a
 refusal (redirects are never followed); whatever the server echoes of a secret (the key,
-proxy credentials) is replaced by ``***`` before it reaches an exception.
+proxy credentials) is replaced by ``***`` before it reaches an exception
+(:func:`c2sync._redact.redact`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from ._proxy import HttpProxy
+from ._redact import redact
 from ._spec import AUTH_HEADER
 from .exceptions import (
     AuthenticationError,
@@ -36,7 +38,6 @@ __all__ = [
     "MAX_HEADERS",
     "Deadline",
     "Target",
-    "redact",
     "refusal",
     "tunnel",
     "upgrade",
@@ -45,7 +46,6 @@ __all__ = [
 MAX_HEADERS = 64 * 1024  # bytes of status line and headers read from a response
 MAX_BODY = 4 * 1024  # bytes of a refusal's body kept
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
-_REDACTED = "***"
 
 
 class Target(NamedTuple):
@@ -66,20 +66,6 @@ class Target(NamedTuple):
             secure,
             (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
         )
-
-
-def redact(text: str, *secrets: str) -> str:
-    """``text`` with every secret replaced by ``***``, including a secret cut off at the
-    end of ``text`` (a body truncated in the middle of an echoed key)."""
-    for secret in secrets:
-        if not secret:
-            continue
-        text = text.replace(secret, _REDACTED)
-        for size in range(len(secret) - 1, 3, -1):
-            if text.endswith(secret[:size]):
-                text = text[:-size] + _REDACTED
-                break
-    return text
 
 
 class Deadline:
