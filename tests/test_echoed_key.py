@@ -1,0 +1,218 @@
+"""The API key never shows, whatever a server echoes back inside its JSON frames.
+
+Every place that turns server text into an exception, a log line, a repr or the command
+line's output, end to end (docs/security.md "The API key"; the masking itself is
+c2sync/_redact.py, tested in tests/test_redact.py). The servers are
+small raw-socket ones on 127.0.0.1 (tests/hostile.py) that echo the key they received in
+their ``Authorization`` header, so a test says byte for byte what the client meets. A key
+"shows" when it or its first 8 characters appear: a text cut in the middle of the key
+must not leave its start behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+import c2sync
+from c2sync.messages import ErrorDetail, ErrorMessage, Message
+
+from .conftest import API_KEY, WAIT
+from .hostile import CONNECTED, Conn, RawServer, text
+
+PREFIX = API_KEY[:8]
+MASK = "***"
+MARKER = {"msg_type": "test.done"}  # the last frame a server sends: everything before it was read
+
+MakeServer = Callable[..., RawServer]
+
+
+@pytest.fixture
+def make_server() -> Iterator[MakeServer]:
+    servers: list[RawServer] = []
+
+    def make(handler: Callable[[Conn], None], **options: Any) -> RawServer:
+        server = RawServer(handler, **options)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def echoed_key(conn: Conn) -> str:
+    """The key the client sent, as a server that echoes it would: read from the request."""
+    key = (conn.header("Authorization") or "").partition(" ")[2]
+    assert key == API_KEY
+    return key
+
+
+def send(conn: Conn, *frames: dict[str, Any]) -> None:
+    conn.sock.sendall(b"".join(text(json.dumps(f, separators=(",", ":"))) for f in frames))
+
+
+def opened(conn: Conn) -> str:
+    """Upgrade honestly and send connection.connected; returns the echoed key."""
+    conn.accept()
+    key = echoed_key(conn)
+    conn.sock.sendall(text(CONNECTED))
+    return key
+
+
+def ack(conn: Conn, request: dict[str, Any]) -> None:
+    send(
+        conn,
+        {
+            "msg_type": "subscription.ack",
+            "request_id": request["request_id"],
+            "payload": request["payload"],
+        },
+    )
+
+
+def refusal(request_id: str | None, key: str) -> dict[str, Any]:
+    """An ``error`` whose every field echoes the key."""
+    frame: dict[str, Any] = {
+        "msg_type": "error",
+        "id": "msg_e1",
+        "payload": {
+            "code": key,
+            "field": key,
+            "message": f"not allowed for {key}",
+            "errors": [
+                {"code": key, "field": key, "message": f"not allowed for {key}"},
+                {"code": "FORBIDDEN", "field": key, "message": key},
+            ],
+        },
+    }
+    if request_id is not None:
+        frame["request_id"] = request_id
+    return frame
+
+
+@contextmanager
+def connected(server: RawServer, **options: Any) -> Iterator[c2sync.Client]:
+    options.setdefault("reconnect", False)
+    client = c2sync.connect(
+        API_KEY, url=server.url, heartbeat_timeout=30, connect_timeout=WAIT, **options
+    )
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def exception_texts(error: BaseException, name: str = "error") -> dict[str, str]:
+    """Everything an exception shows: str, repr, args, attributes, and the traceback with
+    its chained causes."""
+    return {
+        f"{name} str": str(error),
+        f"{name} repr": repr(error),
+        f"{name} args": repr(error.args),
+        f"{name} attributes": repr(vars(error)),
+        f"{name} traceback": "".join(
+            traceback.format_exception(type(error), error, error.__traceback__)
+        ),
+    }
+
+
+def assert_hidden(texts: dict[str, str]) -> None:
+    """Neither the key nor its first 8 characters show in any of ``texts``."""
+    leaks = [where for where, shown in texts.items() if API_KEY in shown or PREFIX in shown]
+    assert not leaks, f"the key shows in: {leaks}"
+
+
+def output(capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
+    out, err = capsys.readouterr()
+    return {"stdout": out, "stderr": err}
+
+
+# Answers to requests ------------------------------------------------------------------
+
+
+# Messages delivered to the user -------------------------------------------------------
+
+
+def test_an_error_nobody_asked_for_keeps_the_key_in_its_data_only(
+    make_server: MakeServer,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An error answering no request, echoing the key: its payload, raw and fields are the
+    server's, unchanged; its repr (and so print()) shows *** instead."""
+    caplog.set_level(logging.DEBUG)
+
+    def handler(conn: Conn) -> None:
+        key = opened(conn)
+        send(conn, refusal(None, key))
+        conn.read_frames()
+
+    server = make_server(handler)
+    with connected(server) as client:
+        message = client.recv(timeout=WAIT)
+    assert isinstance(message, ErrorMessage)
+    assert message.payload["code"] == API_KEY and message.raw["payload"]["field"] == API_KEY
+    assert (message.code, message.field) == (API_KEY, API_KEY)
+    assert message.errors[1] == ErrorDetail("FORBIDDEN", API_KEY, API_KEY)
+    print(message)
+    assert_hidden(
+        {
+            "repr": repr(message),
+            "str": str(message),
+            "errors repr": repr(message.errors),
+            "log": caplog.text,
+            **output(capsys),
+        }
+    )
+    assert MASK in repr(message)
+
+
+def test_a_callback_failing_on_a_message_echoing_the_key_is_logged_without_it(
+    make_server: MakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A callback raising on an error message that echoes the key: the log line naming the
+    message shows *** instead."""
+    caplog.set_level(logging.DEBUG)
+    done = threading.Event()
+    registered = threading.Event()
+
+    def handler(conn: Conn) -> None:
+        key = opened(conn)
+        if registered.wait(WAIT):  # not before the callbacks are there to receive them
+            send(conn, refusal(None, key), MARKER)
+        conn.read_frames()
+
+    def fails(message: Message) -> None:
+        raise RuntimeError("the user's callback failed")
+
+    server = make_server(handler)
+    with connected(server) as client:
+        client.on("error", fails)
+        client.on(MARKER["msg_type"], lambda message: done.set())
+        registered.set()
+        assert done.wait(WAIT)
+    assert "raised on" in caplog.text
+    assert_hidden({"log": caplog.text})
+
+
+# Frames that are not valid messages ---------------------------------------------------
+
+
+# The command line ---------------------------------------------------------------------
+
+
+def padded_to_cut(key: str) -> dict[str, Any]:
+    """An unknown message whose one-line form (c2sync listen) is cut at 120 characters
+    ten characters into the key."""
+    frame: dict[str, Any] = {"msg_type": "x.padded", "pad": "", "echo": key}
+    line = f"--:--:-- x.padded {json.dumps(frame, separators=(',', ':'))}"
+    frame["pad"] = "p" * (117 - 10 - line.index(key))
+    return frame
