@@ -69,6 +69,7 @@ class Session:
             resume_points=resume,
             wallclock=_utc_now,
             correct_clock=options.correct_clock,
+            secrets=(options.api_key,),
         )
         self.stats = Stats()
         self.connected_message: Message | None = None

@@ -22,9 +22,10 @@ from typing import Any
 import pytest
 
 import c2sync
+from c2sync import SIGNAL
 from c2sync.messages import ErrorDetail, ErrorMessage, Message
 
-from .conftest import API_KEY, WAIT
+from .conftest import API_KEY, OTHER_STRATEGY, STRATEGY, WAIT
 from .hostile import CONNECTED, Conn, RawServer, text
 
 PREFIX = API_KEY[:8]
@@ -110,17 +111,21 @@ def connected(server: RawServer, **options: Any) -> Iterator[c2sync.Client]:
         client.close()
 
 
-def exception_texts(error: BaseException, name: str = "error") -> dict[str, str]:
-    """Everything an exception shows: str, repr, args, attributes, and the traceback with
-    its chained causes."""
+def exception_texts(error: BaseException) -> dict[str, str]:
+    """Everything an exception shows: str, repr, args, attributes, the traceback with its
+    chained causes, and every exception reachable through __cause__ and __context__ (a
+    traceback hides a suppressed context, code walking the chain does not)."""
+    chain, seen = [], error
+    while seen is not None and len(chain) < 10:
+        chain.append(f"{seen!r} {seen.args!r} {vars(seen)!r}")
+        seen = seen.__cause__ or seen.__context__
     return {
-        f"{name} str": str(error),
-        f"{name} repr": repr(error),
-        f"{name} args": repr(error.args),
-        f"{name} attributes": repr(vars(error)),
-        f"{name} traceback": "".join(
-            traceback.format_exception(type(error), error, error.__traceback__)
-        ),
+        "str": str(error),
+        "repr": repr(error),
+        "args": repr(error.args),
+        "attributes": repr(vars(error)),
+        "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__)),
+        "chained": "\n".join(chain),
     }
 
 
@@ -136,6 +141,91 @@ def output(capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
 
 
 # Answers to requests ------------------------------------------------------------------
+
+
+def test_a_refused_subscribe_echoing_the_key_raises_without_it(
+    make_server: MakeServer,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A subscribe answered by an error whose code, field, message and errors echo the key:
+    the ServerError's text, args, attributes and traceback and the log show *** instead."""
+    caplog.set_level(logging.DEBUG)
+
+    def handler(conn: Conn) -> None:
+        key = opened(conn)
+        request = json.loads(conn.next_text())
+        send(conn, refusal(request["request_id"], key))
+        conn.read_frames()
+
+    server = make_server(handler)
+    with connected(server) as client, pytest.raises(c2sync.ServerError) as info:
+        client.subscribe(SIGNAL, STRATEGY, timeout=WAIT)
+    error = info.value
+    print(error)
+    assert_hidden({**exception_texts(error), "log": caplog.text, **output(capsys)})
+    assert (error.code, error.field, error.message) == (MASK, MASK, f"not allowed for {MASK}")
+    assert error.errors == (
+        ErrorDetail(MASK, MASK, f"not allowed for {MASK}"),
+        ErrorDetail("FORBIDDEN", MASK, MASK),
+    )
+    assert error.request_id is not None
+
+
+def test_a_late_error_echoing_the_key_is_logged_without_it(
+    make_server: MakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error answering a subscribe that already timed out is logged with *** for the key."""
+    caplog.set_level(logging.DEBUG)
+    timed_out = threading.Event()
+
+    def handler(conn: Conn) -> None:
+        key = opened(conn)
+        request = json.loads(conn.next_text())
+        if timed_out.wait(WAIT):
+            send(conn, refusal(request["request_id"], key), MARKER)
+        conn.read_frames()
+
+    server = make_server(handler)
+    with connected(server) as client:
+        with pytest.raises(TimeoutError):
+            client.subscribe(SIGNAL, STRATEGY, timeout=0.3)
+        timed_out.set()
+        assert client.recv(timeout=WAIT).msg_type == MARKER["msg_type"]
+    assert "late error" in caplog.text
+    assert_hidden({"log": caplog.text})
+
+
+def test_a_refused_resubscribe_echoing_the_key_is_delivered_and_logged_without_it(
+    make_server: MakeServer,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """After a reconnect the server refuses the restored subscription, echoing the key: the
+    ErrorMessage the user gets keeps the server's words in its data, while its repr and
+    the WARNING saying so show *** instead."""
+    caplog.set_level(logging.DEBUG)
+
+    def handler(conn: Conn) -> None:
+        key = opened(conn)
+        request = json.loads(conn.next_text())
+        if len(server.conns) == 1:
+            ack(conn, request)
+            return  # the connection ends: the client reconnects and subscribes again
+        send(conn, refusal(request["request_id"], key))
+        conn.read_frames()
+
+    server = make_server(handler)
+    policy = c2sync.ReconnectPolicy(initial=0.01, maximum=0.01)
+    with connected(server, reconnect=True, reconnect_policy=policy) as client:
+        client.subscribe(SIGNAL, STRATEGY, timeout=WAIT)
+        message = client.recv(timeout=WAIT)
+    assert isinstance(message, ErrorMessage)
+    assert message.message == f"not allowed for {API_KEY}"
+    assert message.raw["payload"]["code"] == API_KEY
+    assert "was refused" in caplog.text
+    print(message)
+    assert_hidden({"repr": repr(message), "log": caplog.text, **output(capsys)})
 
 
 # Messages delivered to the user -------------------------------------------------------
@@ -204,6 +294,89 @@ def test_a_callback_failing_on_a_message_echoing_the_key_is_logged_without_it(
 
 
 # Frames that are not valid messages ---------------------------------------------------
+
+
+def test_malformed_frames_quoting_the_key_are_logged_without_it(
+    make_server: MakeServer,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Frames the client skips or passes on whole, quoting the key in a seq_id, a gap's
+    channel or 'from', a msg_type, an id: the log's "skipped a malformed frame" and
+    invalid-seq_id warnings and the delivered messages' reprs show *** instead, while
+    their raw data stays the server's."""
+    caplog.set_level(logging.DEBUG)
+
+    def handler(conn: Conn) -> None:
+        key = opened(conn)
+        send(
+            conn,
+            {"msg_type": "heartbeat", "seq_id": key},
+            {"msg_type": "gap", "payload": {"channel": key}},
+            {"msg_type": "gap", "payload": {"strategy_id": STRATEGY, "from": key}},
+            {"msg_type": key, "payload": [key]},
+            {"msg_type": SIGNAL, "seq_id": key, "payload": {"strategy_id": STRATEGY}},
+            {
+                "msg_type": SIGNAL,
+                "id": key,
+                "request_id": key,
+                "seq_id": 1,
+                "payload": {"strategy_id": OTHER_STRATEGY},
+            },
+            {"msg_type": "x.unknown", "id": key, "request_id": key, "payload": {"echo": key}},
+            MARKER,
+        )
+        conn.read_frames()
+
+    server = make_server(handler)
+    with connected(server) as client:
+        delivered = [client.recv(timeout=WAIT) for _ in range(4)]
+        malformed = client.stats.malformed
+    assert delivered[-1].msg_type == MARKER["msg_type"]
+    assert malformed == 4
+    unordered, signal_, unknown = delivered[:3]
+    assert unordered.raw["seq_id"] == API_KEY
+    assert (signal_.id, signal_.request_id) == (API_KEY, API_KEY)
+    assert unknown.payload["echo"] == API_KEY and unknown.id == API_KEY
+    assert caplog.text.count("skipped a malformed frame") == 4
+    assert "invalid seq_id" in caplog.text
+    print(*delivered)
+    assert_hidden(
+        {
+            **{f"repr of message {n}": repr(m) for n, m in enumerate(delivered)},
+            "log": caplog.text,
+            **output(capsys),
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        {"msg_type": "<key>"},
+        {"msg_type": "heartbeat", "seq_id": "<key>"},
+        {"msg_type": "<key>", "payload": "<key>"},
+    ],
+    ids=["msg_type", "seq_id", "payload"],
+)
+def test_a_first_frame_quoting_the_key_raises_without_it(
+    make_server: MakeServer, caplog: pytest.LogCaptureFixture, first: dict[str, Any]
+) -> None:
+    """A first frame that is not connection.connected and quotes the key: the ProtocolError
+    connect() raises, its chained causes and the log show *** instead."""
+    caplog.set_level(logging.DEBUG)
+
+    def handler(conn: Conn) -> None:
+        conn.accept()
+        key = echoed_key(conn)
+        send(conn, {k: key if v == "<key>" else v for k, v in first.items()})
+        conn.read_frames()
+
+    server = make_server(handler)
+    with pytest.raises(c2sync.ProtocolError) as info:
+        c2sync.connect(API_KEY, url=server.url, reconnect=False, connect_timeout=WAIT)
+    assert_hidden({**exception_texts(info.value), "log": caplog.text})
+    assert MASK in str(info.value)
 
 
 # The command line ---------------------------------------------------------------------
