@@ -23,7 +23,7 @@ import pytest
 
 import c2sync
 from c2sync import SIGNAL
-from c2sync.messages import ErrorDetail, ErrorMessage, Message
+from c2sync.messages import ErrorDetail, ErrorMessage, Gap, Message
 
 from .conftest import API_KEY, OTHER_STRATEGY, STRATEGY, WAIT
 from .hostile import CONNECTED, Conn, RawServer, text
@@ -293,6 +293,49 @@ def test_a_callback_failing_on_a_message_echoing_the_key_is_logged_without_it(
     assert_hidden({"log": caplog.text})
 
 
+def test_a_gap_echoing_the_key_keeps_it_in_its_data_only(
+    make_server: MakeServer,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Gaps whose message is, or ends in, the key: their message and raw are the server's;
+    their repr, the gap WARNING and the notebook view (which cuts long notes) show none of
+    it."""
+    caplog.set_level(logging.DEBUG)
+    channel = f"{SIGNAL}:{STRATEGY}"
+
+    def handler(conn: Conn) -> None:
+        key = opened(conn)
+        ack(conn, json.loads(conn.next_text()))
+        gap = {"channel": channel, "strategy_id": STRATEGY, "from": 0}
+        send(
+            conn,
+            {"msg_type": "gap", "payload": {**gap, "message": key}},
+            # The notebook view cuts a note at 120 characters: inside the key.
+            {"msg_type": "gap", "payload": {**gap, "message": "x" * 100 + key}},
+        )
+        conn.read_frames()
+
+    server = make_server(handler)
+    with connected(server) as client:
+        client.subscribe(SIGNAL, STRATEGY, timeout=WAIT)
+        gaps = [client.recv(timeout=WAIT), client.recv(timeout=WAIT)]
+        html = client._repr_html_()
+    assert all(isinstance(gap, Gap) for gap in gaps)
+    assert [gap.message for gap in gaps] == [API_KEY, "x" * 100 + API_KEY]
+    assert gaps[0].raw["payload"]["message"] == API_KEY
+    print(*gaps)
+    assert "gap in strategy" in caplog.text
+    assert_hidden(
+        {
+            "repr": repr(gaps),
+            "log": caplog.text,
+            "notebook view": html,
+            **output(capsys),
+        }
+    )
+
+
 # Frames that are not valid messages ---------------------------------------------------
 
 
@@ -377,6 +420,36 @@ def test_a_first_frame_quoting_the_key_raises_without_it(
         c2sync.connect(API_KEY, url=server.url, reconnect=False, connect_timeout=WAIT)
     assert_hidden({**exception_texts(info.value), "log": caplog.text})
     assert MASK in str(info.value)
+
+
+def test_a_frame_the_parser_chokes_on_is_logged_without_the_key(
+    make_server: MakeServer,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A frame that makes the parser itself fail (a bug) with an error quoting the frame:
+    the ERROR and its traceback, and the skipped-frame warning, show *** for the key."""
+    caplog.set_level(logging.DEBUG)
+    real = c2sync._reader.parse_message
+
+    def choking(frame: str | bytes) -> Message:
+        if isinstance(frame, str) and "x.choke" in frame:
+            raise RuntimeError(f"choked on {frame}")
+        return real(frame)
+
+    monkeypatch.setattr(c2sync._reader, "parse_message", choking)
+
+    def handler(conn: Conn) -> None:
+        key = opened(conn)
+        send(conn, {"msg_type": "x.choke", "echo": key}, MARKER)
+        conn.read_frames()
+
+    server = make_server(handler)
+    with connected(server) as client:
+        assert client.recv(timeout=WAIT).msg_type == MARKER["msg_type"]
+        assert client.stats.malformed == 1
+    assert "could not read a frame" in caplog.text and "choked on" in caplog.text
+    assert_hidden({"log": caplog.text})
 
 
 # The command line ---------------------------------------------------------------------
