@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import subprocess
 import threading
 import traceback
 from collections.abc import Callable, Iterator
@@ -22,11 +24,12 @@ from typing import Any
 import pytest
 
 import c2sync
-from c2sync import SIGNAL
+from c2sync import SIGNAL, cli
 from c2sync.messages import ErrorDetail, ErrorMessage, Gap, Message
 
 from .conftest import API_KEY, OTHER_STRATEGY, STRATEGY, WAIT
 from .hostile import CONNECTED, Conn, RawServer, text
+from .test_cli import Lines, clean_env, command
 
 PREFIX = API_KEY[:8]
 MASK = "***"
@@ -462,3 +465,70 @@ def padded_to_cut(key: str) -> dict[str, Any]:
     line = f"--:--:-- x.padded {json.dumps(frame, separators=(',', ':'))}"
     frame["pad"] = "p" * (117 - 10 - line.index(key))
     return frame
+
+
+@pytest.mark.parametrize("json_lines", [False, True], ids=["lines", "json"])
+def test_listen_prints_messages_echoing_the_key_without_it(
+    make_server: MakeServer, json_lines: bool
+) -> None:
+    """`c2sync listen` (one line per message, or --json) against a server whose error, gap
+    and unknown messages echo the key (one cut by the 120-character line limit): stdout
+    and stderr show *** instead."""
+
+    def handler(conn: Conn) -> None:
+        key = opened(conn)
+        ack(conn, json.loads(conn.next_text()))
+        gap = {"channel": f"{SIGNAL}:{STRATEGY}", "strategy_id": STRATEGY, "from": 0}
+        send(
+            conn,
+            refusal(None, key),
+            {"msg_type": "gap", "payload": {**gap, "message": key}},
+            {"msg_type": "x.unknown", "id": key, "payload": {"echo": key}},
+            padded_to_cut(key),
+            MARKER,
+        )
+        conn.read_frames()
+
+    server = make_server(handler)
+    process = subprocess.Popen(
+        [*command(), "listen", "--signal", str(STRATEGY), *(["--json"] if json_lines else [])],
+        env=clean_env(C2_API_KEY=API_KEY, C2_WS_URL=server.url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        out, err = Lines(process.stdout), Lines(process.stderr)
+        out.until(lambda line: MARKER["msg_type"] in line)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(WAIT) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(WAIT)
+    lines = out.rest()
+    assert len(lines) == 5, lines
+    if json_lines:
+        assert json.loads(lines[0])["payload"]["code"] == MASK
+    assert_hidden({"stdout": "\n".join(lines), "stderr": "\n".join(err.rest())})
+
+
+def test_check_prints_a_first_message_echoing_the_key_without_it(
+    make_server: MakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`c2sync check` prints the first message: a connection.connected echoing the key
+    prints *** instead."""
+
+    def handler(conn: Conn) -> None:
+        conn.accept()
+        key = echoed_key(conn)
+        send(conn, {**json.loads(CONNECTED), "echo": key})
+        conn.read_frames()
+
+    server = make_server(handler)
+    status = cli.main(["check", "--url", server.url, "--api-key", API_KEY])
+    shown = output(capsys)
+    assert status == 0, shown
+    assert f'"echo": "{MASK}"' in shown["stdout"]
+    assert_hidden(shown)
