@@ -105,9 +105,9 @@ def tunnel(sock: socket.socket, target: Target, proxy: HttpProxy, deadline: floa
             credentials redacted, and whatever it echoes of them too).
     """
     send_all(sock, proxy.connect_request(target.host, target.port), deadline)
-    status, headers, _ = read_head(Deadline(sock, deadline))
+    secret = (proxy.authorization or "").partition(" ")[2]
+    status, headers, _ = read_head(Deadline(sock, deadline), (secret,))
     if status != 200:
-        secret = (proxy.authorization or "").partition(" ")[2]
         headers = {name: redact(value, secret) for name, value in headers.items()}
         raise HandshakeError(
             status,
@@ -145,7 +145,7 @@ def upgrade(sock: socket.socket, target: Target, api_key: str, deadline: float) 
     )
     send_all(sock, request.encode("utf-8"), deadline)
     reading = Deadline(sock, deadline)
-    status, headers, rest = read_head(reading)
+    status, headers, rest = read_head(reading, (api_key,))
     if status != 101:
         raise refusal(status, headers, read_body(reading, headers, rest), (api_key,))
     accept = base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest())
@@ -158,8 +158,15 @@ def upgrade(sock: socket.socket, target: Target, api_key: str, deadline: float) 
     return rest
 
 
-def read_head(sock: Deadline) -> tuple[int, dict[str, str], bytes]:
+def read_head(
+    sock: Deadline, secrets: tuple[str, ...] = ()
+) -> tuple[int, dict[str, str], bytes]:
     """Read an HTTP response's status line and headers, at most :data:`MAX_HEADERS` bytes.
+
+    Args:
+        sock: the socket, within the connect deadline.
+        secrets: masked in the status line an error quotes (before it is cut, so a cut
+            inside one leaves nothing of it).
 
     Returns:
         (status, headers with lower-case names, the bytes read past the headers).
@@ -181,7 +188,8 @@ def read_head(sock: Deadline) -> tuple[int, dict[str, str], bytes]:
     lines = head.decode("iso-8859-1").split("\r\n")
     status = _status(head)
     if not status:
-        raise ProtocolError(f"invalid upgrade response: {lines[0][:80]!r}")
+        shown = redact(lines[0], *secrets)[:80]
+        raise ProtocolError(f"invalid upgrade response: {shown!r}")
     headers: dict[str, str] = {}
     for line in lines[1:]:
         name, sep, value = line.partition(":")
