@@ -6,7 +6,9 @@ or a callback refreshing a display in place); it only reads a snapshot the calle
 Guarantees (docs/api-contract.md "Observability"): every piece of text goes through
 :func:`html.escape` (quotes included), whoever wrote it, the server or the user; the URL is
 shown without user info, query or fragment; the API key never appears, even if some text
-quoted it (it is masked after rendering, raw and escaped).
+quoted it: a server's note is masked before it is cut to :data:`_NOTE_LIMIT` characters (a
+cut in the middle of the key would leave its start), and the page after rendering, raw and
+escaped.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from urllib.parse import urlsplit
 
 from ._lifecycle import State
 from ._reader import Stats
+from ._redact import Redactor
 from ._substats import Pair, SubscriptionStats
 
 if TYPE_CHECKING:
@@ -73,7 +76,9 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _note(text: str) -> str:
+def _note(text: str, hide: Redactor) -> str:
+    """``text`` masked, then cut to :data:`_NOTE_LIMIT` characters."""
+    text = hide(text)
     return text if len(text) <= _NOTE_LIMIT else text[: _NOTE_LIMIT - 1] + "…"
 
 
@@ -90,6 +95,7 @@ def render(
     secret: str,
 ) -> str:
     """The HTML table of one client (see the module docstring)."""
+    hide = Redactor(secret)
     colour = _FAILED if failure is not None else _COLOURS[state]
     badge = (
         f'<span style="color:#fff;background:{colour};padding:0 .4em;border-radius:3px">'
@@ -107,7 +113,7 @@ def render(
         ("dropped", _e(stats.dropped)),
     ]
     if failure is not None:
-        rows.append(("failed", _e(_note(f"{type(failure).__name__}: {failure}"))))
+        rows.append(("failed", _e(_note(f"{type(failure).__name__}: {failure}", hide))))
     out = [f'<div class="c2sync-client"><table {_TABLE}>']
     out.append(f'<tr><th colspan="2" {_CELL}>c2sync.Client</th></tr>')
     out += [f"<tr><th {_CELL}>{name}</th><td {_CELL}>{value}</td></tr>" for name, value in rows]
@@ -123,7 +129,7 @@ def render(
         gaps = _e(sub.gaps)
         note = gap_notes.get((channel, strategy_id))
         if sub.gaps and note:
-            gaps += f" ({_e(_note(note))})"
+            gaps += f" ({_e(_note(note, hide))})"
         cells = (channel, strategy_id, last_seq, last_text, sub.messages, sub.duplicates)
         out.append("<tr>" + "".join(f"<td {_CELL}>{_e(c)}</td>" for c in cells))
         out.append(f"<td {_CELL}>{gaps}</td><td {_CELL}>{_e(sub.resumes)}</td></tr>")

@@ -2,15 +2,17 @@
 
 Pure formatting of a message's known fields (no I/O), called on whichever thread prints.
 Guarantees: a line stays within :data:`LINE_WIDTH` characters whatever the payload holds;
-``--json`` (not this module) prints everything.
+the secrets it is given (the API key) show as ``***``, masked before a line is cut so a
+cut never leaves part of one; ``--json`` (not this module) prints everything.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ._redact import Redactor
 from .messages import ErrorMessage, Gap, Message, Positions, Signal
 
 __all__ = ["LINE_WIDTH", "describe_order", "format_message"]
@@ -73,7 +75,7 @@ def _holdings(payload: Any) -> str:
     return f"{len(positions)} open: " + ", ".join(shown)
 
 
-def format_message(message: Message) -> str:
+def format_message(message: Message, *, secrets: Iterable[str] = ()) -> str:
     """One short human-readable line for a message (``--json`` prints ``message.raw``).
 
     The line starts with the message's time (UTC, from its ``timestamp``), then the type,
@@ -83,10 +85,14 @@ def format_message(message: Message) -> str:
 
     Args:
         message: any message the client hands out.
+        secrets: strings shown as ``***`` wherever the message quotes them (``c2sync
+            listen`` passes the API key, which a server may echo back); masked before the
+            line is cut, so no part of one is left at the cut.
 
     Returns:
         The line, without a newline.
     """
+    hide = Redactor(*secrets)
     when = message.timestamp.strftime("%H:%M:%S") if message.timestamp else "--:--:--"
     if isinstance(message, Signal):
         head = f"{message.msg_type} strategy={message.strategy_id} seq_id={message.seq_id}"
@@ -95,14 +101,14 @@ def format_message(message: Message) -> str:
         head = f"{message.msg_type} strategy={message.strategy_id}"
         body = _holdings(message.payload)
     elif isinstance(message, Gap):
-        return (
+        return hide(
             f"{when} GAP strategy={message.strategy_id} after seq_id {message.from_seq}: "
             f"{message.message} (fetch the missing signals from the REST API)"
         )
     elif isinstance(message, ErrorMessage):
         field = f" field={message.field}" if message.field else ""
-        return f"{when} ERROR {message.code}{field}: {message.message}"
+        return hide(f"{when} ERROR {message.code}{field}: {message.message}")
     else:
         head = message.msg_type
         body = json.dumps(dict(message.raw), separators=(",", ":"), default=str)
-    return _short(f"{when} {head} {body}", LINE_WIDTH)
+    return _short(hide(f"{when} {head} {body}"), LINE_WIDTH)

@@ -6,7 +6,8 @@ owns (so ``close()`` can cut it at any moment). Guarantees (docs/api-contract.md
 response is read within :data:`MAX_HEADERS` bytes of status line and headers and
 :data:`MAX_BODY` bytes of body, so memory stays flat whatever the server sends; a 3xx is a
 refusal (redirects are never followed); whatever the server echoes of a secret (the key,
-proxy credentials) is replaced by ``***`` before it reaches an exception.
+proxy credentials) is replaced by ``***`` before it reaches an exception
+(:func:`c2sync._redact.redact`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from ._proxy import HttpProxy
+from ._redact import redact
 from ._spec import AUTH_HEADER
 from .exceptions import (
     AuthenticationError,
@@ -36,7 +38,6 @@ __all__ = [
     "MAX_HEADERS",
     "Deadline",
     "Target",
-    "redact",
     "refusal",
     "tunnel",
     "upgrade",
@@ -45,7 +46,6 @@ __all__ = [
 MAX_HEADERS = 64 * 1024  # bytes of status line and headers read from a response
 MAX_BODY = 4 * 1024  # bytes of a refusal's body kept
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
-_REDACTED = "***"
 
 
 class Target(NamedTuple):
@@ -66,20 +66,6 @@ class Target(NamedTuple):
             secure,
             (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
         )
-
-
-def redact(text: str, *secrets: str) -> str:
-    """``text`` with every secret replaced by ``***``, including a secret cut off at the
-    end of ``text`` (a body truncated in the middle of an echoed key)."""
-    for secret in secrets:
-        if not secret:
-            continue
-        text = text.replace(secret, _REDACTED)
-        for size in range(len(secret) - 1, 3, -1):
-            if text.endswith(secret[:size]):
-                text = text[:-size] + _REDACTED
-                break
-    return text
 
 
 class Deadline:
@@ -119,9 +105,9 @@ def tunnel(sock: socket.socket, target: Target, proxy: HttpProxy, deadline: floa
             credentials redacted, and whatever it echoes of them too).
     """
     send_all(sock, proxy.connect_request(target.host, target.port), deadline)
-    status, headers, _ = read_head(Deadline(sock, deadline))
+    secret = (proxy.authorization or "").partition(" ")[2]
+    status, headers, _ = read_head(Deadline(sock, deadline), (secret,))
     if status != 200:
-        secret = (proxy.authorization or "").partition(" ")[2]
         headers = {name: redact(value, secret) for name, value in headers.items()}
         raise HandshakeError(
             status,
@@ -159,7 +145,7 @@ def upgrade(sock: socket.socket, target: Target, api_key: str, deadline: float) 
     )
     send_all(sock, request.encode("utf-8"), deadline)
     reading = Deadline(sock, deadline)
-    status, headers, rest = read_head(reading)
+    status, headers, rest = read_head(reading, (api_key,))
     if status != 101:
         raise refusal(status, headers, read_body(reading, headers, rest), (api_key,))
     accept = base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest())
@@ -172,8 +158,15 @@ def upgrade(sock: socket.socket, target: Target, api_key: str, deadline: float) 
     return rest
 
 
-def read_head(sock: Deadline) -> tuple[int, dict[str, str], bytes]:
+def read_head(
+    sock: Deadline, secrets: tuple[str, ...] = ()
+) -> tuple[int, dict[str, str], bytes]:
     """Read an HTTP response's status line and headers, at most :data:`MAX_HEADERS` bytes.
+
+    Args:
+        sock: the socket, within the connect deadline.
+        secrets: masked in the status line an error quotes (before it is cut, so a cut
+            inside one leaves nothing of it).
 
     Returns:
         (status, headers with lower-case names, the bytes read past the headers).
@@ -195,7 +188,8 @@ def read_head(sock: Deadline) -> tuple[int, dict[str, str], bytes]:
     lines = head.decode("iso-8859-1").split("\r\n")
     status = _status(head)
     if not status:
-        raise ProtocolError(f"invalid upgrade response: {lines[0][:80]!r}")
+        shown = redact(lines[0], *secrets)[:80]
+        raise ProtocolError(f"invalid upgrade response: {shown!r}")
     headers: dict[str, str] = {}
     for line in lines[1:]:
         name, sep, value = line.partition(":")

@@ -46,9 +46,10 @@ from typing import Any, Union
 import websocket
 
 from ._framing import CloseFrame, FrameError, FrameReader
-from ._handshake import Deadline, Target, redact, tunnel, upgrade
+from ._handshake import Deadline, Target, tunnel, upgrade
 from ._options import Options
 from ._proxy import parse_proxy, resolve_proxy
+from ._redact import redact
 from .exceptions import ConnectionClosed, HandshakeError, ProtocolError
 
 __all__ = ["Link"]

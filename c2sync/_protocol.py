@@ -6,6 +6,14 @@ the events of :mod:`c2sync._events`; each strategy's sequence rules live in
 :mod:`c2sync._streams`, the clock's in :mod:`c2sync._clock`. One :class:`ClientProtocol` lives
 as long as the client, across reconnects; ``connection_made``/``connection_lost`` mark each
 socket's life.
+
+Whatever the server sends may quote the API key; where the core turns server text into an
+exception (:class:`~c2sync.exceptions.ServerError`, :class:`~c2sync.exceptions.ProtocolError`)
+or a log line, it masks the secrets it was given (``secrets=``, the shell passes
+``Options.api_key``) as ``***`` (docs/security.md "The API key"). The messages it delivers
+keep the server's data unchanged; their reprs mask on their own (c2sync/messages.py).
+Masking happens only on those error and log paths, never on the in-order signal path
+(:meth:`ClientProtocol.accept_in_order`).
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from __future__ import annotations
 import itertools
 import logging
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 
 import attrs
@@ -29,6 +37,7 @@ from ._events import (
     ReplayRestarted,
     RequestAnswered,
 )
+from ._redact import Redactor
 from ._spec import (
     CONNECTED,
     DISCONNECTED,
@@ -48,7 +57,15 @@ from .codec import (
     validate_strategy_id,
 )
 from .exceptions import ProtocolError, ServerError, SubscriptionLimitError
-from .messages import ErrorMessage, Gap, Message, Positions, Signal, SubscriptionAck
+from .messages import (
+    ErrorDetail,
+    ErrorMessage,
+    Gap,
+    Message,
+    Positions,
+    Signal,
+    SubscriptionAck,
+)
 
 __all__ = [  # the events are re-exported: the shell reads them from here
     "ClientProtocol",
@@ -100,6 +117,9 @@ class ClientProtocol:
             a message is stamped (None: the real one; the shell passes its own).
         correct_clock: stamp outgoing messages with the clock skew corrected (see
             ``_clock.py``); False is a seam for tests.
+        secrets: strings that never show in the exceptions and log lines built here (the
+            shell passes the API key): the core is where server text becomes those texts,
+            so the masking is done where they are written, with no I/O, and only there.
     """
 
     def __init__(
@@ -111,13 +131,15 @@ class ClientProtocol:
         request_ids: Iterator[str] | None = None,
         wallclock: Callable[[], datetime] | None = None,
         correct_clock: bool = True,
+        secrets: Iterable[str] = (),
     ) -> None:
         self.heartbeat_timeout = heartbeat_timeout
         self.max_subscriptions = max_subscriptions
         self._request_ids = request_ids if request_ids is not None else _default_request_ids()
         self._wallclock = wallclock or utc_now
         self._clock = ClockSkew(correct=correct_clock)
-        self._streams = Streams(resume_points)
+        self._redact = Redactor(*secrets)
+        self._streams = Streams(resume_points, redact=self._redact)
         self._subscriptions: dict[Pair, None] = {}  # held by the server; ordered for restore
         self._outstanding: dict[str, _Request] = {}  # in the order sent
         self._outgoing: list[str] = []
@@ -332,11 +354,14 @@ class ClientProtocol:
             ProtocolError: the first frame of a connection is not ``connection.connected``;
                 the connection cannot be used.
         """
+        parsed: Message | ProtocolError
         try:
-            message = parse_message(text)
+            parsed = parse_message(text)
         except ProtocolError as exc:
-            return self.receive_parsed(exc, now)
-        return self.receive_parsed(message, now)
+            # Handed on outside this handler: an error raised from it must not carry the
+            # unmasked original as its __context__.
+            parsed = exc
+        return self.receive_parsed(parsed, now)
 
     def accept_in_order(self, message: Message | ProtocolError) -> bool:
         """The hot path of :meth:`receive_parsed`, which builds no event: True when
@@ -367,13 +392,15 @@ class ClientProtocol:
             ProtocolError: the first frame of a connection is not ``connection.connected``.
         """
         if isinstance(message, ProtocolError):
+            error = self._redacted_error(message)
             if self._awaiting_connected:
-                raise ProtocolError(f"expected {CONNECTED} first: {message}") from message
-            return [Malformed(message)]
+                raise ProtocolError(f"expected {CONNECTED} first: {error}") from error
+            return [Malformed(error)]
         msg_type = message.msg_type
         if self._awaiting_connected:
             if msg_type != CONNECTED:
-                raise ProtocolError(f"expected {CONNECTED} first, got {msg_type!r}")
+                got = self._redact(repr(msg_type))
+                raise ProtocolError(f"expected {CONNECTED} first, got {got}")
             self._awaiting_connected = False
             self._open = True
             self._deadline = now + self.heartbeat_timeout
@@ -404,6 +431,22 @@ class ClientProtocol:
             logger.warning("the server says the connection is ending (%s)", DISCONNECTED)
         return [Deliver(message)]
 
+    def _redacted_error(self, error: ProtocolError) -> ProtocolError:
+        """``error`` fit to show: itself, or when its text quotes a secret (the codec quotes
+        a bad ``seq_id``, a gap's channel, a ``msg_type``) a copy with ``***``, chained to
+        what caused the original (never to the original, whose text would show in a
+        traceback)."""
+        text = str(error)
+        safe = self._redact(text)
+        if safe == text:
+            return error
+        copy = ProtocolError(safe).with_traceback(error.__traceback__)
+        cause = error.__cause__
+        if cause is not None and self._redact(str(cause)) == str(cause):
+            copy.__cause__ = cause
+        copy.__suppress_context__ = True
+        return copy
+
     def _only_signal_subscription(self) -> int | None:
         return self._only_subscription(SIGNAL)
 
@@ -428,7 +471,11 @@ class ClientProtocol:
     def _on_ack(self, ack: SubscriptionAck) -> list[Event]:
         request = self._find_request(ack, ack)
         if request is None:
-            logger.debug("ignoring a subscription.ack that answers no request: %s", ack)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "ignoring a subscription.ack that answers no request: %s",
+                    self._redact(repr(ack)),
+                )
             return []
         del self._outstanding[request.request_id]
         pair = (request.channel, request.strategy_id)
@@ -452,8 +499,13 @@ class ClientProtocol:
         if request is None:
             return [Deliver(error)]  # nobody's answer: the user sees it (API "Receiving")
         del self._outstanding[request.request_id]
+        redact = self._redact
         if request.forgotten:
-            logger.info("late error for a request that timed out: %s %s", error.code, error.message)
+            logger.info(
+                "late error for a request that timed out: %s %s",
+                redact(error.code),
+                redact(error.message),
+            )
             return []
         if not request.waited:
             # A restore after reconnecting was refused: the subscription is gone; say so.
@@ -462,15 +514,23 @@ class ClientProtocol:
                 "resubscribing to %s %s was refused: %s %s",
                 request.channel,
                 request.strategy_id,
-                error.code,
-                error.message,
+                redact(error.code),
+                redact(error.message),
             )
-            return [Deliver(error)]
+            return [Deliver(error)]  # the user's data, as the server sent it
+        # An exception is not the user's data: every text it holds is masked.
         exc = ServerError(
-            error.code,
-            error.message,
-            field=error.field,
-            errors=error.errors,
+            redact(error.code),
+            redact(error.message),
+            field=None if error.field is None else redact(error.field),
+            errors=tuple(
+                ErrorDetail(
+                    redact(detail.code),
+                    None if detail.field is None else redact(detail.field),
+                    redact(detail.message),
+                )
+                for detail in error.errors
+            ),
             request_id=request.request_id,
             hint=self._clock.explain() if is_timestamp_error(error) else None,
         )

@@ -16,7 +16,8 @@ is written down in :class:`ReaderHost`, so this module never imports the session
 Guarantees: a lost link is re-opened with the policy's backoff, resetting it only after a
 connection that delivered data; a fatal error (or a bug here) ends the client through
 ``host.fail`` rather than killing the thread silently; a frame that cannot be parsed is
-counted and skipped, never fatal.
+counted and skipped, never fatal; what it logs of the server's text (a gap's message, a
+frame the parser choked on) has the API key masked as ``***`` (docs/security.md).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from itertools import compress, count, repeat
 from operator import contains
@@ -48,6 +50,7 @@ from ._protocol import (
     ReplayRestarted,
     RequestAnswered,
 )
+from ._redact import Redactor
 from ._spec import HEARTBEAT, SIGNAL
 from ._substats import SubscriptionBook
 from ._watchdog import Watchdog
@@ -128,6 +131,7 @@ class Reader:
     def __init__(self, host: ReaderHost, stop: threading.Event) -> None:
         self._host = host
         self._stop = stop
+        self._redact = Redactor(host.options.api_key)  # for what it logs of server text
         self.thread: threading.Thread | None = None
 
     def start(self, link: Link) -> None:
@@ -297,7 +301,7 @@ class Reader:
                     if type(event) is Deliver:
                         happened.append(event.message)
                         if isinstance(event.message, Gap):
-                            log_gap(event.message)
+                            log_gap(event.message, self._redact)
                     else:
                         happened.append(event)
                         only_messages = False
@@ -336,7 +340,11 @@ class Reader:
             host.pending.answer(event.request_id, event.ack, event.error)
         elif isinstance(event, Malformed):
             stats.malformed += 1
-            logger.warning("skipped a malformed frame: %s", event.error)
+            error = event.error
+            if isinstance(error, Unreadable):
+                log_unreadable(error.failure, self._redact)
+            # The core masked what the codec quoted (ClientProtocol(secrets=...)).
+            logger.warning("skipped a malformed frame: %s", error)
         elif isinstance(event, Duplicate):
             stats.duplicates += 1  # only here: duplicates are dropped as they arrive
             host.book.duplicate(event.message, host.protocol.subscriptions)
@@ -388,21 +396,45 @@ def _parse(text: str | bytes) -> Message | ProtocolError:
         return unreadable(exc)
 
 
-def log_gap(gap: Gap) -> None:
+def log_gap(gap: Gap, redact: Callable[[str], str]) -> None:
+    """The WARNING of a gap; the server's message with the secrets masked."""
     logger.warning(
         "gap in strategy %s signals: missing after seq_id %s (the replay from %s stopped): "
         "%s (fetch them from the REST API)",
         gap.strategy_id,
         gap.missing_after,
         gap.from_seq,
-        gap.message,
+        redact(gap.message),
     )
 
 
+class Unreadable(ProtocolError):
+    """A frame our parser or protocol choked on: the server's fault or our bug; either way
+    it must not kill the reader (the heartbeats) or lose what comes next.
+
+    Its text names only the failure's type; the failure itself (whose text may quote the
+    frame) is kept in ``failure`` and logged by the reader, masked, when it skips the frame.
+    Built where no key is at hand (the per-frame parse is shared by every client and kept
+    free of it), so it is never chained to the failure, whose text a traceback would show.
+    """
+
+    def __init__(self, failure: Exception) -> None:
+        super().__init__(f"unreadable frame: {type(failure).__name__}")
+        self.failure = failure
+
+
 def unreadable(exc: Exception) -> ProtocolError:
-    """A frame our parser or protocol chokes on is the server's fault or our bug; either way
-    it must not kill the reader (the heartbeats) or lose what comes next."""
-    logger.error("could not read a frame; skipping it", exc_info=exc)
-    error = ProtocolError(f"unreadable frame: {exc!r}")
-    error.__cause__ = exc
-    return error
+    """The error of a frame that could not be read (see :class:`Unreadable`)."""
+    return Unreadable(exc)
+
+
+def log_unreadable(failure: Exception, redact: Callable[[str], str]) -> None:
+    """The ERROR for a frame that could not be read: what failed and where, with the
+    secrets masked. The traceback goes in the text (a handler given ``exc_info`` would
+    format the failure's own, unmasked, text) unless there is nothing to mask."""
+    trace = "".join(traceback.format_exception(type(failure), failure, failure.__traceback__))
+    masked = redact(trace)
+    if masked == trace:
+        logger.error("could not read a frame; skipping it", exc_info=failure)
+    else:
+        logger.error("could not read a frame; skipping it\n%s", masked.rstrip())

@@ -39,6 +39,7 @@ from ._options import Options
 from ._pending import Pending, RequestLost, Waiter
 from ._protocol import ClientProtocol, Connected
 from ._reader import Reader, Stats
+from ._redact import remember
 from ._spec import CLOSE_NORMAL, SIGNAL
 from ._substats import SubscriptionBook
 from ._watchdog import Watchdog
@@ -58,6 +59,9 @@ class Session:
 
     def __init__(self, options: Options) -> None:
         self.options = options
+        # Every message's repr masks the key from now on, whatever a server echoes in it
+        # (docs/security.md "The API key"; why process-wide: c2sync/_redact.py).
+        remember(options.api_key)
         checkpoint = options.checkpoint
         resume = checkpoint.load() if checkpoint is not None else {}
         self.protocol = ClientProtocol(
@@ -65,6 +69,7 @@ class Session:
             resume_points=resume,
             wallclock=_utc_now,
             correct_clock=options.correct_clock,
+            secrets=(options.api_key,),
         )
         self.stats = Stats()
         self.connected_message: Message | None = None

@@ -13,7 +13,9 @@ Guarantees (docs/api-contract.md "Reconnecting" and "Back-pressure"):
 - a ``seq_id`` that cannot order anything (missing, not an ``int``, out of 1..2**63-1) is
   delivered as a plain :class:`~c2sync.messages.Message` and never used for ordering;
 - state is kept only for strategies the user asked to subscribe to, so a server inventing
-  strategy ids cannot grow memory; their signals are delivered, unordered.
+  strategy ids cannot grow memory; their signals are delivered, unordered;
+- a server value quoted in a log line (an invalid ``seq_id``) has the secrets masked
+  (``redact``, the protocol core's).
 """
 
 from __future__ import annotations
@@ -57,9 +59,17 @@ class Streams:
 
     Args:
         resume_points: ``{strategy_id: seq_id}`` already processed (from a checkpoint).
+        redact: masks the secrets in a server value before it is logged (None: nothing
+            to mask).
     """
 
-    def __init__(self, resume_points: Mapping[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        resume_points: Mapping[int, int] | None = None,
+        *,
+        redact: Callable[[str], str] | None = None,
+    ) -> None:
+        self._redact: Callable[[str], str] = redact or str
         self._resume_points = dict(resume_points or {})
         self._streams: dict[int, _Stream] = {}
         self.invalid_seq_ids = 0  # strategy.signal frames whose seq_id could order nothing
@@ -176,10 +186,10 @@ class Streams:
         count = self.invalid_seq_ids
         if count & (count - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a flood cannot flood logs
             logger.warning(
-                "a %s with an invalid seq_id %r: delivered as a plain Message, not used for "
+                "a %s with an invalid seq_id %s: delivered as a plain Message, not used for "
                 "duplicates or resume points (%d so far)",
                 SIGNAL,
-                message.raw.get("seq_id"),
+                self._redact(repr(message.raw.get("seq_id"))),
                 count,
             )
         if type(message) is not Message:

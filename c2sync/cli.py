@@ -10,7 +10,9 @@ or watch a demo.
 
 The key comes from ``--api-key`` or ``C2_API_KEY``; the URL from ``--url`` or ``C2_WS_URL``
 (default :data:`c2sync.DEFAULT_URL`). Every error is one line on stderr, and the exit status
-says what went wrong (:data:`EXIT_CODES`). The API key is never printed.
+says what went wrong (:data:`EXIT_CODES`). The API key is never printed, even when a server
+echoes it in a message: what the commands print of the server's messages has it masked as
+``***`` (the library's own errors and log lines already do).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from ._cli_parser import (
     build_parser,
 )
 from ._format import format_message
+from ._redact import Redactor
 
 __all__ = [
     "EXIT_AUTH",
@@ -213,7 +216,7 @@ def _check(args: argparse.Namespace) -> int:
         # ProtocolError above (docs/protocol.md section 4).
         first = client.connected_message
         raw = json.dumps(dict(first.raw), default=str) if first is not None else "{}"
-        print(f"first message: {raw}")
+        print(f"first message: {Redactor(key)(raw)}")
         steps = "TCP + TLS + upgrade" if url.startswith("wss://") else "TCP + upgrade"
         print(f"round-trip: {elapsed * 1000:.1f} ms ({steps} + connection.connected)")
         if args.strategy is not None:
@@ -301,10 +304,11 @@ def _listen(args: argparse.Namespace) -> int:
     )
     client.on_state(_status_printer(url, sys.stderr))
     with _sigterm_as_interrupt():
-        return _listen_loop(args, client, url)
+        return _listen_loop(args, client, url, key)
 
 
-def _listen_loop(args: argparse.Namespace, client: Client, url: str) -> int:
+def _listen_loop(args: argparse.Namespace, client: Client, url: str, key: str) -> int:
+    hide = Redactor(key)  # for --json lines; format_message masks before it cuts
     clean = False
     try:
         _connect(client, url, args.connect_timeout)
@@ -330,9 +334,9 @@ def _listen_loop(args: argparse.Namespace, client: Client, url: str) -> int:
                         client.subscribe(SIGNAL, strategy, resume_from=seq_id)
                 continue
             if args.json:
-                line = json.dumps(dict(message.raw), separators=(",", ":"), default=str)
+                line = hide(json.dumps(dict(message.raw), separators=(",", ":"), default=str))
             else:
-                line = format_message(message)
+                line = format_message(message, secrets=(key,))
             _emit(line, sys.stdout)
     except KeyboardInterrupt:
         clean = True

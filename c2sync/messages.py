@@ -2,6 +2,13 @@
 
 Every message keeps the whole JSON object it came from in ``raw`` and its ``payload``
 unchanged and read-only, so fields the server adds later are never lost.
+
+A message's ``repr()`` (and so ``str()`` and ``print()``) shows its fields as attrs would,
+with the API key of every client created in this process masked as ``***``: a server may
+echo the key in any field, and the value keeps the server's data as it came
+(docs/security.md "The API key"; the keys are remembered in c2sync/_redact.py, since a
+value the user pickles and exports cannot carry the key itself). Masking costs only when a
+repr is made, nothing when a message is built.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from typing import Any, NoReturn
 
 import attrs
 
+from ._redact import mask
 from ._spec import POSITIONS, SIGNAL
 
 __all__ = [
@@ -53,6 +61,17 @@ class ReadOnlyDict(dict[str, Any]):
 _EMPTY: Mapping[str, Any] = ReadOnlyDict()
 
 
+def _masked_repr(value: Any) -> str:
+    """attrs' repr of ``value`` (the fields marked ``repr``, in order), remembered keys
+    masked (c2sync/_redact.py)."""
+    fields = ", ".join(
+        f"{field.name}={getattr(value, field.name)!r}"
+        for field in attrs.fields(type(value))
+        if field.repr
+    )
+    return mask(f"{type(value).__qualname__}({fields})")
+
+
 @attrs.frozen(kw_only=True)
 class Message:
     """Any server message; the base of every other message class.
@@ -78,8 +97,11 @@ class Message:
     payload: Mapping[str, Any] = attrs.field(default=_EMPTY, repr=False, hash=False)
     raw: Mapping[str, Any] = attrs.field(default=_EMPTY, repr=False, eq=False)
 
+    def __repr__(self) -> str:
+        return _masked_repr(self)
 
-@attrs.frozen(kw_only=True)
+
+@attrs.frozen(kw_only=True, repr=False)  # the repr is Message's, masked
 class Signal(Message):
     """A trading signal (``strategy.signal``).
 
@@ -93,7 +115,7 @@ class Signal(Message):
     strategy_id: int | None = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)  # the repr is Message's, masked
 class Positions(Message):
     """A position update (``strategy.positions``).
 
@@ -104,7 +126,7 @@ class Positions(Message):
     strategy_id: int | None = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)  # the repr is Message's, masked
 class Gap(Message):
     """The server could not replay every missed signal (docs/protocol.md section 7).
 
@@ -127,7 +149,7 @@ class Gap(Message):
     missing_after: int | None = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)  # the repr is Message's, masked
 class SubscriptionAck(Message):
     """The answer to a subscribe or unsubscribe request.
 
@@ -156,8 +178,11 @@ class ErrorDetail:
     field: str | None
     message: str
 
+    def __repr__(self) -> str:
+        return _masked_repr(self)
 
-@attrs.frozen(kw_only=True)
+
+@attrs.frozen(kw_only=True, repr=False)  # the repr is Message's, masked
 class ErrorMessage(Message):
     """An ``error`` message that answered none of this client's requests.
 

@@ -32,6 +32,7 @@ class Conn:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.request = b""
+        self._unread = b""  # client bytes read past the last frame next_text() returned
 
     def read_request(self) -> bytes:
         """Read the HTTP request head (bounded: 64 KiB, the test's WAIT)."""
@@ -64,6 +65,24 @@ class Conn:
         """Read the request and upgrade honestly."""
         self.read_request()
         self.sock.sendall(self.upgrade_answer())
+
+    def next_text(self, limit: float = WAIT) -> str:
+        """The client's next text frame (unmasked), skipping pongs; waits at most ``limit``
+        seconds for it. Raises ``EOFError`` when the client closes or goes away first."""
+        self.sock.settimeout(limit)
+        while True:
+            parsed = _client_frame(self._unread)
+            if parsed is None:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise EOFError("the client went away")
+                self._unread += chunk
+                continue
+            (opcode, payload), self._unread = parsed
+            if opcode == 0x1:
+                return payload.decode()
+            if opcode == 0x8:
+                raise EOFError("the client closed")
 
     def read_frames(self, limit: float = WAIT) -> list[tuple[int, bytes]]:
         """Read client frames (unmasked here) until EOF or ``limit`` seconds of silence."""
@@ -98,6 +117,28 @@ class Conn:
         except OSError:
             pass
         return frames
+
+
+def _client_frame(data: bytes) -> tuple[tuple[int, bytes], bytes] | None:
+    """The first whole (masked) client frame in ``data`` and the bytes after it, or None."""
+    if len(data) < 2:
+        return None
+    length = data[1] & 0x7F
+    start = 2
+    if length == 126:
+        if len(data) < 4:
+            return None
+        length, start = struct.unpack("!H", data[2:4])[0], 4
+    elif length == 127:
+        if len(data) < 10:
+            return None
+        length, start = struct.unpack("!Q", data[2:10])[0], 10
+    if len(data) < start + 4 + length:
+        return None
+    mask = data[start : start + 4]
+    body = data[start + 4 : start + 4 + length]
+    payload = bytes(b ^ mask[i % 4] for i, b in enumerate(body))
+    return (data[0] & 0x0F, payload), data[start + 4 + length :]
 
 
 def frame(opcode: int, payload: bytes, fin: bool = True, length: int | None = None) -> bytes:

@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import pytest
 
-from c2sync import cli
+from c2sync import cli, parse_message
 from c2sync.emulator import Emulator
 
 from .conftest import API_KEY, FORBIDDEN_STRATEGY, STRATEGY, WAIT
@@ -295,6 +295,20 @@ def test_help_documents_exit_statuses() -> None:
         assert name in result.stdout
     for code in cli.EXIT_CODES:
         assert f"  {code:>3}  " in result.stdout
+
+
+def test_format_message_masks_secrets_before_cutting_the_line() -> None:
+    """format_message(secrets=...) shows *** for the key, even where the 120-character cut
+    falls inside it (no first characters left at the cut); without secrets, as before."""
+    frame = {"msg_type": "x.padded", "pad": "p" * 50, "echo": API_KEY}
+    message = parse_message(json.dumps(frame, separators=(",", ":")))
+    plain = cli.format_message(message)
+    assert plain.endswith("...") and API_KEY[:8] in plain  # the cut falls inside the key
+    masked = cli.format_message(message, secrets=(API_KEY,))
+    assert API_KEY[:8] not in masked and '"echo":"***"' in masked
+    payload = {"strategy_id": 1, "from": 0, "message": API_KEY}
+    gap = parse_message(json.dumps({"msg_type": "gap", "payload": payload}))
+    assert API_KEY not in cli.format_message(gap, secrets=(API_KEY,))
 
 
 # listen ---------------------------------------------------------------------------------

@@ -342,6 +342,34 @@ def test_a_401_echoing_the_key_shows_it_nowhere(
         assert "***" in (error.message or "")  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("padding", [0, 60], ids=["whole", "cut in the key"])
+def test_a_status_line_echoing_the_key_shows_it_nowhere(
+    make_server: MakeServer, caplog: pytest.LogCaptureFixture, padding: int
+) -> None:
+    """An upgrade answer whose status line is the echoed Authorization header (quoted, cut
+    at 80 characters, in the ProtocolError): the key appears in no text of it or the log,
+    the cut falling after it or inside it."""
+    caplog.set_level(logging.DEBUG)
+
+    def handler(conn: Conn) -> None:
+        conn.read_request()
+        echoed = conn.header("Authorization") or ""
+        conn.sock.sendall(f"{'x' * padding}{echoed} 101\r\n\r\n".encode())
+        conn.read_frames()
+
+    server = make_server(handler)
+    error = connect_fails(server.url, c2sync.ProtocolError)
+    seen = [
+        str(error),
+        repr(error),
+        "".join(traceback.format_exception(type(error), error, error.__traceback__)),
+        caplog.text,
+    ]
+    for text_ in seen:
+        assert API_KEY not in text_ and API_KEY[:8] not in text_
+    assert "invalid upgrade response" in str(error)
+
+
 # close() interrupts a connect ---------------------------------------------------------------
 
 

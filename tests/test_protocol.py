@@ -424,6 +424,53 @@ def test_error_claimed_by_nobody_is_delivered() -> None:
     assert isinstance(delivered(events)[0], ErrorMessage)
 
 
+# The key a server echoes ---------------------------------------------------------------
+
+KEY = "sk-test-echoed-0123456789abcdef"  # what ClientProtocol(secrets=...) must never show
+
+
+def test_a_server_error_echoing_a_secret_masks_every_field() -> None:
+    """A refusal whose code, field, message and errors quote the key: the ServerError holds
+    *** in their place, while the same error answering nobody is delivered unchanged."""
+    proto = connected(secrets=(KEY,))
+    request_id, _ = proto.request("subscribe", SIGNAL, STRATEGY)
+    items = [{"code": KEY, "field": KEY, "message": f"no {KEY}"}, {"message": KEY}]
+    (answered,) = proto.receive(error(request_id, errors=items), 1.0)
+    exc = answered.error
+    assert isinstance(exc, ServerError)
+    assert (exc.code, exc.field, exc.message) == ("***", "***", "no ***")
+    assert exc.errors == (ErrorDetail("***", "***", "no ***"), ErrorDetail("UNKNOWN", None, "***"))
+    assert KEY not in str(exc)
+    (message,) = delivered(proto.receive(error(errors=items), 2.0))
+    assert isinstance(message, ErrorMessage)
+    assert (message.code, message.message) == (KEY, f"no {KEY}")  # the user's data
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        json.dumps({"msg_type": "heartbeat", "seq_id": KEY}),
+        json.dumps({"msg_type": "gap", "payload": {"channel": KEY}}),
+        json.dumps({"msg_type": KEY, "payload": [1]}),
+    ],
+    ids=["seq_id", "gap-channel", "msg_type"],
+)
+def test_a_malformed_frame_quoting_a_secret_is_masked(frame: str) -> None:
+    """The ProtocolError of a malformed frame quoting the key says *** instead, before and
+    after connection.connected; without secrets the codec's own error passes as it is."""
+    (event,) = connected(secrets=(KEY,)).receive(frame, 1.0)
+    assert isinstance(event, Malformed)
+    assert KEY not in str(event.error) and "***" in str(event.error)
+    proto = new_protocol(secrets=(KEY,))
+    proto.connection_made()
+    with pytest.raises(ProtocolError) as info:
+        proto.receive(frame, 0.0)
+    assert KEY not in str(info.value) and KEY not in str(info.value.__cause__)
+    assert info.value.__context__ is None or KEY not in str(info.value.__context__)
+    (event,) = connected().receive(frame, 1.0)
+    assert isinstance(event, Malformed) and KEY in str(event.error)
+
+
 # Forgotten (timed-out) requests --------------------------------------------------------
 
 

@@ -87,6 +87,7 @@ PURE_MODULES = [
     "_clock",
     "_proxy",
     "_format",
+    "_redact",
 ]
 FORBIDDEN_IMPORTS = {"socket", "threading", "_thread", "time", "websocket", "websockets"}
 

@@ -1,0 +1,109 @@
+"""Masking secrets (the API key) in text the library builds: ``***`` in their place.
+
+Pure (no I/O, no threads; a test checks the imports), so the protocol core can use it.
+Called on whichever thread turns server text into an exception, a log line, a repr or the
+command line's output, and only there: never on the per-signal hot path.
+
+Two ways in, for two kinds of text (docs/security.md "The API key"):
+
+- :class:`Redactor` (and :func:`redact`) for exception texts and log lines. Whoever builds
+  them holds the key: the link and the handshake (the socket's side), the protocol core
+  (``ClientProtocol(secrets=...)``, from ``Options.api_key``), the reader, the command
+  line. Passing the key to the one who writes the text keeps the rule local: a client
+  masks its own key, and an exception's text never depends on which other clients the
+  process ran.
+- :func:`remember` and :func:`mask` for the reprs of messages. A message is a plain value
+  the user keeps, compares, pickles and exports (``attrs.asdict``): it cannot carry the
+  key to mask with without handing it out. So a client remembers its key here, process
+  wide, when it is created, and every message's ``repr()`` masks what was remembered. The
+  set only grows (a message may be printed long after its client closed); keys shorter
+  than :data:`MIN_REMEMBERED` characters are not remembered, since masking them would
+  garble ordinary words in every repr (real API keys are long random strings).
+
+Each secret is masked as written, as a repr writes it (quotes and backslashes escaped,
+unprintable characters as escapes) and as JSON writes it (non-ASCII as ``\\uXXXX``); a
+:class:`Redactor` also masks a secret cut off at the end of a text (a body truncated in
+the middle of an echoed key).
+"""
+
+from __future__ import annotations
+
+import json
+
+__all__ = ["MASK", "MIN_REMEMBERED", "Redactor", "mask", "redact", "remember"]
+
+MASK = "***"
+MIN_TAIL = 4  # a secret cut off at a text's end is masked from this many characters on
+MIN_REMEMBERED = 8  # shorter keys are not masked in message reprs (see the docstring)
+
+
+def _forms(secret: str) -> tuple[str, ...]:
+    """How ``secret`` may appear in a text: as is, inside a repr, inside JSON."""
+    forms = [secret]
+    for form in (repr(secret)[1:-1], json.dumps(secret)[1:-1]):
+        if form not in forms:
+            forms.append(form)
+    return tuple(forms)
+
+
+class Redactor:
+    """Masks some secrets in texts: ``Redactor(key)(text)``.
+
+    Args:
+        secrets: the strings to mask; empty ones are ignored.
+    """
+
+    __slots__ = ("_forms", "_secrets")
+
+    def __init__(self, *secrets: str) -> None:
+        self._secrets = tuple(s for s in secrets if s)
+        self._forms = tuple(form for s in self._secrets for form in _forms(s))
+
+    def __call__(self, text: str) -> str:
+        """``text`` with every secret (and one cut off at its end) replaced by ``***``."""
+        for form in self._forms:
+            if form in text:
+                text = text.replace(form, MASK)
+        for secret in self._secrets:
+            for size in range(len(secret) - 1, MIN_TAIL - 1, -1):
+                if text.endswith(secret[:size]):
+                    text = text[:-size] + MASK
+                    break
+        return text
+
+    def __bool__(self) -> bool:
+        return bool(self._secrets)
+
+    def __repr__(self) -> str:
+        return f"Redactor({', '.join(MASK for _ in self._secrets)})"
+
+
+def redact(text: str, *secrets: str) -> str:
+    """``text`` with every secret replaced by ``***``, including a secret cut off at the
+    end of ``text`` (a body truncated in the middle of an echoed key)."""
+    return Redactor(*secrets)(text)
+
+
+# Appended to only, never changed in place: ``list.append`` is atomic and iterating a list
+# that grows meanwhile is safe, so neither writers (clients created on several threads)
+# nor readers (reprs on any thread) need a lock, which a pure module cannot take. A race
+# may append a form twice: masking it twice changes nothing.
+_remembered: list[str] = []
+
+
+def remember(secret: str) -> None:
+    """Mask ``secret`` in every message's ``repr()`` from now on, in this process (a no-op
+    for a secret shorter than :data:`MIN_REMEMBERED` characters)."""
+    if len(secret) < MIN_REMEMBERED:
+        return
+    for form in _forms(secret):
+        if form not in _remembered:
+            _remembered.append(form)
+
+
+def mask(text: str) -> str:
+    """``text`` with every remembered secret replaced by ``***`` (for reprs)."""
+    for form in _remembered:
+        if form in text:
+            text = text.replace(form, MASK)
+    return text
