@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -128,3 +129,46 @@ def test_script_entry_point_help() -> None:
     )
     assert proc.returncode == 0
     assert "--quick" in proc.stdout
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_instructions_per_signal_are_counted(tmp_path: Path) -> None:
+    """``benchmarks/instructions.py`` counts the instructions one signal costs a client,
+    from the difference between a short and a long flood under callgrind."""
+    out = tmp_path / "instructions.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "instructions.py"),
+            "--only",
+            "c2sync-recv",
+            "--short",
+            "200",
+            "--long",
+            "1200",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    per_signal = json.loads(out.read_text())["per_signal"]
+    # About 100,000 on CPython 3.11: a count of the whole run (start-up included, ~1e9) or a
+    # sign error would be off by orders of magnitude.
+    assert 5_000 < per_signal["c2sync-recv"] < 400_000
+    assert "instructions/signal" in proc.stdout
+
+
+def test_instructions_refuses_bad_sizes() -> None:
+    """A short flood at least as long as the long one is refused with a clear message."""
+    script = str(ROOT / "benchmarks" / "instructions.py")
+    proc = subprocess.run(
+        [sys.executable, script, "--short", "5", "--long", "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "--short" in proc.stderr
