@@ -352,7 +352,8 @@ class Dispatcher:
                 elif isinstance(item, Message):
                     self._messages -= 1
                     self._in_hand = 1
-                    self._replays.release(item)
+                    if self._replays.held:
+                        self._replays.release(item)
                 stopped = self._stopped
                 self._running = targets
             if item is _OVERFLOW:
@@ -369,8 +370,10 @@ class Dispatcher:
                     if target.number not in self._live:
                         continue  # off() was called: it never starts again
                     target = target.callback
-                if self.silenced:
-                    return  # close() has returned: nothing starts after it
+                # close() has returned: nothing starts after it. (mypy keeps the narrowing
+                # of the check above; silence() runs on another thread meanwhile.)
+                if self._silenced:
+                    return  # type: ignore[unreachable]
                 try:
                     target(item)
                 except Exception:

@@ -86,7 +86,7 @@ class Inbox:
             # The hot path: a message waits and nothing is to be raised first.
             if self._queue and not self._overflow and not self._discard:
                 message = self._queue.popleft()
-                if self._replays:
+                if self._replays.held:
                     self._replays.release(message)
                 return message
         return self.get_many(1, deadline)[0]
@@ -164,7 +164,8 @@ class Replays:
         # {strategy_id: last seq_id to let past the bound}, and the (strategy_id, seq_id)
         # of such signals still held.
         self._until: dict[int, int] = {}
-        self._exempt: set[tuple[int, int]] = set()
+        # Read by the owners before calling release() (a call per message otherwise).
+        self.held: set[tuple[int, int]] = set()
 
     @property
     def active(self) -> bool:
@@ -172,12 +173,12 @@ class Replays:
         return bool(self._until)
 
     def __len__(self) -> int:
-        return len(self._exempt)
+        return len(self.held)
 
     def allow(self, strategy_id: int, resume_from: int, replay_to: int) -> None:
         """A replay from ``resume_from`` supersedes what was held above it; admit it up to
         ``replay_to``."""
-        self._exempt = {e for e in self._exempt if e[0] != strategy_id or e[1] <= resume_from}
+        self.held = {e for e in self.held if e[0] != strategy_id or e[1] <= resume_from}
         if replay_to > resume_from:
             self._until[strategy_id] = replay_to
 
@@ -192,12 +193,12 @@ class Replays:
         if message.seq_id >= until:
             del self._until[strategy_id]
         if message.seq_id <= until:
-            self._exempt.add((strategy_id, message.seq_id))
+            self.held.add((strategy_id, message.seq_id))
 
     def release(self, message: object) -> None:
         """A message left the queue (handed out or dropped)."""
-        if self._exempt and isinstance(message, Signal):
-            self._exempt.discard((message.strategy_id or 0, message.seq_id))
+        if self.held and isinstance(message, Signal):
+            self.held.discard((message.strategy_id or 0, message.seq_id))
 
 
 def superseded(message: object, strategy_id: int, resume_from: int) -> bool:

@@ -140,6 +140,13 @@ class ClientProtocol:
         self._clock = ClockSkew(correct=correct_clock)
         self._redact = Redactor(*secrets)
         self._streams = Streams(resume_points, redact=self._redact)
+        # hand_out(message): record that ``message`` is about to reach the user. Nothing is
+        # refused there: duplicates were dropped as they arrived (receive()); a signal is
+        # handed out whatever the last one was (the queue and the callbacks' backlog may
+        # interleave a strategy's signals when callbacks come and go, and a server that
+        # restarted its numbering goes down). The streams' own method: one call per
+        # message handed out, not two.
+        self.hand_out: Callable[[Message], None] = self._streams.hand_out
         self._subscriptions: dict[Pair, None] = {}  # held by the server; ordered for restore
         self._outstanding: dict[str, _Request] = {}  # in the order sent
         self._outgoing: list[str] = []
@@ -535,15 +542,3 @@ class ClientProtocol:
             hint=self._clock.explain() if is_timestamp_error(error) else None,
         )
         return [RequestAnswered(request.request_id, error=exc)]
-
-    # Handing out -----------------------------------------------------------------------
-
-    def hand_out(self, message: Message) -> None:
-        """Record that ``message`` is about to reach the user.
-
-        Nothing is refused here: duplicates were dropped as they arrived (:meth:`receive`);
-        a signal reaching here is handed out whatever the last one was (the queue and the
-        callbacks' backlog may interleave a strategy's signals when callbacks come and go,
-        and a server that restarted its numbering goes down).
-        """
-        self._streams.hand_out(message)

@@ -217,7 +217,8 @@ class Session:
             return self.protocol.last_delivered
 
     def recv(self, timeout: float | None) -> Message:
-        self.require_opened()
+        if not self.life.opened:
+            self.require_opened()
         if self._in_hand:
             self._commit_in_hand()
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -254,10 +254,14 @@ def _parse(text: str | bytes, decode: Callable[[str], Any]) -> Message:
         seq_id = None  # a signal that cannot be ordered: a plain Message (see _signal)
     timestamp = get("timestamp")
     if timestamp is not None:
-        try:
-            timestamp = parse_timestamp(timestamp)
-        except ValueError:
-            timestamp = None  # tolerated: the time is informative, the message is not lost
+        last = _last_timestamp  # parse_timestamp's cache, looked at here first: a burst
+        if timestamp == last[0]:  # of messages shares one timestamp (a call less each)
+            timestamp = last[1]
+        else:
+            try:
+                timestamp = parse_timestamp(timestamp)
+            except ValueError:
+                timestamp = None  # tolerated: the time is informative, nothing is lost
     ident = get("id")
     if not isinstance(ident, str):
         ident = None
@@ -287,7 +291,16 @@ def _parse(text: str | bytes, decode: Callable[[str], Any]) -> Message:
         s_v(signal, version)
         s_payload(signal, payload)
         s_raw(signal, obj)
-        s_strategy(signal, _payload_strategy_id(payload))
+        # _payload_strategy_id(payload), without its calls for the usual integer forms.
+        value = payload.get("strategy_id")
+        if type(value) is int and value > 0:
+            s_strategy(signal, value)
+            return signal
+        strategy_id = None if value is None else _strategy_id(value)
+        if strategy_id is None:
+            value = payload.get("StrategyId")
+            strategy_id = value if type(value) is int and value > 0 else _strategy_id(value)
+        s_strategy(signal, strategy_id)
         return signal
     common: dict[str, Any] = {
         "msg_type": msg_type,

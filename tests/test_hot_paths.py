@@ -17,7 +17,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from c2sync import POSITIONS, SIGNAL, Gap, Message, Positions, QueueOverflow, Signal
+from c2sync import POSITIONS, SIGNAL, Gap, Message, Positions, QueueOverflow, Signal, codec
 from c2sync._dispatcher import Dispatcher
 from c2sync._inbox import Inbox
 from c2sync._protocol import ClientProtocol, Deliver, Event
@@ -433,3 +433,51 @@ def test_client_frames_are_whole_masked_and_carry_the_payload(opcode: int, paylo
     assert body == "heartbeat.ack é".encode()
     keys = {client_frame(0x1, "x")[2:6] for _ in range(8)}
     assert len(keys) > 1  # a fresh key per frame
+
+
+ID_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-5, max_value=2**70),
+    st.sampled_from(["0", "7", "0042", "12345678", "1" * 21, "-3", " 7", "7a", "\u0661", ""]),
+    st.floats(allow_nan=False),
+    st.text(max_size=4),
+    st.just({"nested": 1}),
+)
+
+
+@given(ID_VALUES, ID_VALUES, st.booleans(), st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_signal_strategy_id_fast_path_matches_the_general_rule(
+    lower: Any, upper: Any, has_lower: bool, has_upper: bool
+) -> None:
+    """A signal's strategy_id, read without calls for the usual integer forms, is what the
+    general rule (``_payload_strategy_id``, which positions use) reads from any payload."""
+    payload: dict[str, Any] = {}
+    if has_lower:
+        payload["strategy_id"] = lower
+    if has_upper:
+        payload["StrategyId"] = upper
+    message = parse_message(frame(SIGNAL, seq_id=1, payload=payload))
+    assert isinstance(message, Signal)
+    assert message.strategy_id == codec._payload_strategy_id(message.payload)
+    positions = parse_message(frame(POSITIONS, payload=payload))
+    assert isinstance(positions, Positions)
+    assert positions.strategy_id == message.strategy_id
+
+
+@given(st.lists(st.sampled_from(
+    ["2024-01-01T12:00:00.000Z", "2024-01-01T12:00:00.500Z", "2024-01-01T13:00:00+01:00",
+     "not a time", "2024-13-01T00:00:00.000Z", 5, None]
+), min_size=1, max_size=8))
+@settings(max_examples=100, deadline=None)
+def test_repeated_timestamps_read_as_parse_timestamp_reads_them(stamps: list[Any]) -> None:
+    """The cached timestamp a burst shares is the one ``parse_timestamp`` gives, whatever
+    came before it (a bad one reads as None, a good one after a bad one is still read)."""
+    for stamp in stamps:
+        message = parse_message(json.dumps({"msg_type": SIGNAL, "seq_id": 1, "timestamp": stamp}))
+        try:
+            expected = codec.parse_timestamp(stamp) if stamp is not None else None
+        except ValueError:
+            expected = None
+        assert message.timestamp == expected
