@@ -253,7 +253,8 @@ class Client:
             ConnectionClosed: the client was closed.
             C2Error: the connection failed for good (after the queued messages).
         """
-        _check_timeout(timeout)
+        if timeout is not None:  # the check's call is spared where most recv()s wait
+            _check_timeout(timeout)
         return self._session.recv(timeout)
 
     def recv_many(self, max_messages: int = 100, timeout: float | None = 0.0) -> list[Message]:

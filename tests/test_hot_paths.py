@@ -280,10 +280,11 @@ def test_a_replay_admitted_past_the_bound_is_released_by_the_quick_pop() -> None
 
 
 def test_a_heartbeat_behind_other_frames_is_answered_and_nothing_moves() -> None:
-    """One write brings 300 signals, a signal whose text holds '"heartbeat"' (a false hint),
-    a heartbeat, 99 more signals and a heartbeat. The reader answers the heartbeats before
-    parsing the frames around them; every signal still arrives once, in order, and each
-    heartbeat is answered and counted once."""
+    """One write brings 300 signals, a short signal whose text holds '"heartbeat"' (a false
+    hint), a heartbeat, 99 more signals, a heartbeat and one too long to be looked for
+    early (answered in its turn). The reader answers the short heartbeats before parsing
+    the frames around them; every signal still arrives once, in order, and each heartbeat
+    is answered and counted once."""
     import c2sync
 
     from .conftest import API_KEY
@@ -304,15 +305,16 @@ def test_a_heartbeat_behind_other_frames_is_answered_and_nothing_moves() -> None
         )
         conn.sock.sendall(text(ack))
 
-        def sig(seq: int, **extra: Any) -> bytes:
-            payload = {"strategy_id": WANTED[0], "Note": "x" * 200, **extra}
+        def sig(seq: int, note: str = "x" * 200, **extra: Any) -> bytes:
+            payload = {"strategy_id": WANTED[0], "Note": note, **extra}
             return text(frame(SIGNAL, seq_id=seq, payload=payload))
 
         burst = b"".join(sig(n) for n in range(1, 301))
-        burst += sig(301, heartbeat="market")  # its text holds '"heartbeat"'
+        burst += sig(301, note="", heartbeat="market")  # short; its text holds the hint
         burst += text(frame("heartbeat"))
         burst += b"".join(sig(n) for n in range(302, 401))
         burst += text(frame("heartbeat"))
+        burst += text(frame("heartbeat", padding="p" * 300))  # too long to be looked for
         conn.sock.sendall(burst)
         for _, payload in conn.read_frames(limit=1.0):
             acks.append(json.loads(payload)["msg_type"])
@@ -326,8 +328,8 @@ def test_a_heartbeat_behind_other_frames_is_answered_and_nothing_moves() -> None
             seq_ids = [client.recv(timeout=WAIT).seq_id for _ in range(400)]
             assert seq_ids == list(range(1, 401))
             assert done.wait(WAIT)
-            assert acks == ["heartbeat.ack", "heartbeat.ack"]
-            assert client.stats.heartbeats == client.stats.acks_sent == 2
+            assert acks == ["heartbeat.ack"] * 3
+            assert client.stats.heartbeats == client.stats.acks_sent == 3
             assert client.stats.malformed == 0 and client.stats.duplicates == 0
         finally:
             client.close()
