@@ -6,8 +6,8 @@ difference in instructions executed by the client process by the difference in s
 the instructions one signal costs, start-up and connection excluded.
 
 Why beside ``run.py``: a shared VM's speed drifts between rounds (the same client's CPU
-time per signal varied 9-17 µs within one run), while an instruction count is the same to
-within about 0.5 % from run to run, whatever else the machine does. It is not a time: it
+time per signal varied 9-20 µs within one run), while an instruction count is the same to
+within 1 % from run to run, whatever else the machine does. It is not a time: it
 leaves out cache misses, system calls and the cost of threads handing work to each other
 (valgrind runs one thread at a time), which ``run.py`` measures. Read the two together.
 
