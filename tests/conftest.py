@@ -16,6 +16,8 @@ import pytest
 import c2sync
 from c2sync.emulator import Emulator
 
+from .hostile import Conn, RawServer
+
 API_KEY = "sk-test-5f3c9a1e7b2d4c6a8e0f"  # distinctive, so a leak is found by search
 STRATEGY = 12345678
 OTHER_STRATEGY = 87654321
@@ -59,6 +61,24 @@ def make_emulator() -> Iterator[MakeEmulator]:
 @pytest.fixture
 def emulator(make_emulator: MakeEmulator) -> Emulator:
     return make_emulator()
+
+
+MakeServer = Callable[..., RawServer]
+
+
+@pytest.fixture
+def make_server() -> Iterator[MakeServer]:
+    """Raw-socket servers (tests/hostile.py) for one test, each closed after it."""
+    servers: list[RawServer] = []
+
+    def make(handler: Callable[[Conn], None], **options: Any) -> RawServer:
+        server = RawServer(handler, **options)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.close()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,29 +27,13 @@ import c2sync
 from c2sync import SIGNAL, cli
 from c2sync.messages import ErrorDetail, ErrorMessage, Gap, Message
 
-from .conftest import API_KEY, OTHER_STRATEGY, STRATEGY, WAIT
+from .conftest import API_KEY, OTHER_STRATEGY, STRATEGY, WAIT, MakeServer
 from .hostile import CONNECTED, Conn, RawServer, text
 from .test_cli import Lines, clean_env, command
 
 PREFIX = API_KEY[:8]
 MASK = "***"
 MARKER = {"msg_type": "test.done"}  # the last frame a server sends: everything before it was read
-
-MakeServer = Callable[..., RawServer]
-
-
-@pytest.fixture
-def make_server() -> Iterator[MakeServer]:
-    servers: list[RawServer] = []
-
-    def make(handler: Callable[[Conn], None], **options: Any) -> RawServer:
-        server = RawServer(handler, **options)
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.close()
 
 
 def echoed_key(conn: Conn) -> str:

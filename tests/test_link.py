@@ -13,7 +13,6 @@ import ssl
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import psutil
@@ -22,27 +21,11 @@ import trustme
 
 import c2sync
 
-from .conftest import API_KEY, c2sync_threads
-from .hostile import CONNECTED, WAIT, Conn, RawServer, frame, text
+from .conftest import API_KEY, MakeServer, c2sync_threads
+from .hostile import CONNECTED, WAIT, Conn, frame, text
 
 TIMEOUT = 1.0  # the clients' connect_timeout here
 BOUND = TIMEOUT + 1.0  # docs/api-contract.md "Connecting": within connect_timeout + 1 s
-
-MakeServer = Callable[..., RawServer]
-
-
-@pytest.fixture
-def make_server() -> Iterator[MakeServer]:
-    servers: list[RawServer] = []
-
-    def make(handler: Callable[[Conn], None], **options: Any) -> RawServer:
-        server = RawServer(handler, **options)
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.close()
 
 
 def rss() -> int:
