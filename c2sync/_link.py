@@ -54,6 +54,8 @@ from .exceptions import ConnectionClosed, HandshakeError, ProtocolError
 
 __all__ = ["Link"]
 
+_TEXT, _BINARY = websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY
+
 logger = logging.getLogger("c2sync.link")
 
 Text = Union[str, bytes]  # evaluated at run time: no "|" on Python 3.9
@@ -295,11 +297,11 @@ class Link:
             ConnectionClosed: the link is not open or the send failed (the reader will see
                 the loss too).
         """
-        self._send_frame(websocket.ABNF.OPCODE_TEXT, text)
+        self._send_frame(_TEXT, text)
 
     def send_binary(self, data: bytes) -> None:
         """Send one binary frame, whole (from any thread). Raises as :meth:`send`."""
-        self._send_frame(websocket.ABNF.OPCODE_BINARY, data)
+        self._send_frame(_BINARY, data)
 
     def _pong(self, payload: bytes) -> None:
         deadline = self._connect_deadline
@@ -380,6 +382,40 @@ class Link:
                     pass
 
 
+class MaskKeys:
+    """Masking keys for client frames (RFC 6455 5.3: fresh and unpredictable for each
+    frame), from the system's random source ``batch`` at a time: ``os.urandom`` is a system
+    call, and one that lets any thread waiting for the GIL take it, so a heartbeat's ack
+    drawing its own key could wait behind the user's code. Thread-safe; a child process
+    draws its own keys after a fork (the parent's unused ones would repeat in both).
+    """
+
+    def __init__(self, batch: int = 1024) -> None:
+        self._size = 4 * batch
+        self._lock = threading.Lock()
+        self._block = b""
+        self._at = 0
+
+    def __call__(self) -> bytes:
+        """The next key: 4 bytes, never handed out twice."""
+        with self._lock:
+            at = self._at
+            if at >= len(self._block):
+                self._block, at = os.urandom(self._size), 0
+            self._at = at + 4
+            return self._block[at : at + 4]
+
+    def forget(self) -> None:
+        """Drop the keys drawn so far (a fork's child must not reuse its parent's)."""
+        self._lock = threading.Lock()  # the parent's may have been held by another thread
+        self._block, self._at = b"", 0
+
+
+mask_key = MaskKeys()
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=mask_key.forget)
+
+
 def client_frame(opcode: int, payload: str | bytes) -> bytes:
     """One whole client frame (RFC 6455 5.2): FIN set, masked with a fresh random key.
 
@@ -394,7 +430,7 @@ def client_frame(opcode: int, payload: str | bytes) -> bytes:
         head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
     else:
         head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, size)
-    key = os.urandom(4)
+    key = mask_key()
     if not size:
         return head + key
     mask = (key * (size // 4 + 1))[:size]

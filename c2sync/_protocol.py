@@ -415,8 +415,9 @@ class ClientProtocol:
             return [Connected(message)]
         if msg_type == HEARTBEAT:
             # Section 5: answer every heartbeat; the deadline restarts from this one.
-            self._clock.measure(message.timestamp, self._wallclock())
-            self._outgoing.append(encode_heartbeat_ack(self._clock.stamp(self._wallclock())))
+            local = self._wallclock()
+            self._clock.measure(message.timestamp, local)
+            self._outgoing.append(encode_heartbeat_ack(self._clock.stamp(local)))
             self._deadline = now + self.heartbeat_timeout
             return [HeartbeatAnswered(message)]
         if isinstance(message, Signal):

@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import pickle
 import threading
-from datetime import datetime, timezone
+import warnings
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import attrs
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from c2sync import POSITIONS, SIGNAL, Gap, Message, Positions, QueueOverflow, Signal, codec
+from c2sync import POSITIONS, SIGNAL, Gap, Message, Positions, QueueOverflow, Signal, _decode, codec
 from c2sync._dispatcher import Dispatcher
 from c2sync._inbox import Inbox
+from c2sync._link import MaskKeys, mask_key
 from c2sync._protocol import ClientProtocol, Deliver, Event
 from c2sync._substats import SubscriptionBook, pair_of
 from c2sync.codec import parse_message
@@ -483,3 +489,126 @@ def test_repeated_timestamps_read_as_parse_timestamp_reads_them(stamps: list[Any
         except ValueError:
             expected = None
         assert message.timestamp == expected
+
+
+# What every heartbeat's ack costs ------------------------------------------------------
+
+
+def iso_milliseconds(when: datetime) -> str:
+    """The ack's timestamp as it was made before the minute cache: isoformat's own."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.astimezone(timezone.utc).isoformat(timespec="milliseconds")[:23] + "Z"
+
+
+day = timedelta(hours=23, minutes=59)
+offsets = st.timedeltas(min_value=-day, max_value=day)
+zones = st.one_of(st.none(), st.just(timezone.utc), offsets.map(timezone))
+
+
+@given(st.lists(st.datetimes(timezones=zones), min_size=1, max_size=6))
+@settings(max_examples=300, deadline=None)
+def test_timestamps_are_formatted_as_isoformat_formats_them(times: list[datetime]) -> None:
+    """The cached minute never leaks into another one: the same minute of another hour, day,
+    month or year, naive times, other offsets, and the ends of the datetime range (where
+    converting to UTC overflows, both ways fail alike)."""
+    for when in times:
+        try:
+            expected = iso_milliseconds(when)
+        except OverflowError:
+            with pytest.raises(OverflowError):
+                codec.format_timestamp(when)
+            continue
+        assert codec.format_timestamp(when) == expected
+
+
+def test_the_same_minute_of_another_day_gets_its_own_text() -> None:
+    base = datetime(2024, 1, 1, 12, 30, 5, 123456, tzinfo=timezone.utc)
+    for days in (0, 1, 31, 366):
+        later = base + timedelta(days=days)
+        assert codec.format_timestamp(later) == iso_milliseconds(later)
+    assert codec.format_timestamp(base.replace(microsecond=999999)).endswith(":05.999Z")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"msg_type":"heartbeat","id":"msg_hb_1","timestamp":"2024-01-01T00:00:00.000Z","v":4}',
+        '{"msg_type":"connection.connected","timestamp":"2024-01-01T00:00:00.000Z"}',
+        '{"msg_type":"x.future","id":"m","seq_id":3,"request_id":"r","v":5,"payload":{"a":[1]}}',
+        '{"msg_type":"heartbeat","id":7,"timestamp":"junk","v":"4"}',
+    ],
+)
+def test_plain_messages_are_the_objects_the_keyword_path_builds(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain Message filled field by field (heartbeats take this path before their ack)
+    equals, hashes, prints and pickles like the one attrs' __init__ builds from the same
+    frame, on both decoders, and stays frozen."""
+    for decode in (_decode.decode_pure, _decode.fast_decoder()):
+        if decode is None:
+            continue
+        fast = codec._parse(text, decode)
+        with monkeypatch.context() as patch:
+            patch.setattr(codec, "_MESSAGE_SLOTS", None)  # the keyword path
+            rebuilt = codec._parse(text, decode)
+        assert type(fast) is Message and type(rebuilt) is Message
+        for field in attrs.fields(Message):
+            assert getattr(fast, field.name) == getattr(rebuilt, field.name), field.name
+        assert fast == rebuilt and hash(fast) == hash(rebuilt) and repr(fast) == repr(rebuilt)
+        assert attrs.asdict(fast, recurse=False) == attrs.asdict(rebuilt, recurse=False)
+        assert pickle.loads(pickle.dumps(fast)) == fast
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            fast.msg_type = "other"  # type: ignore[misc]
+
+
+def test_mask_keys_are_never_handed_out_twice_across_refills_and_threads() -> None:
+    """Keys come 4 bytes at a time from blocks of the system's random source; none repeats
+    (the odds of a repeat among 3,000 random 32-bit keys are 1 in 1,000: the test fails
+    only if keys are reused), across refills of the block and with threads drawing at once."""
+    keys = MaskKeys(batch=16)
+    drawn: list[bytes] = []
+    lock = threading.Lock()
+
+    def draw() -> None:
+        mine = [keys() for _ in range(500)]
+        with lock:
+            drawn.extend(mine)
+
+    threads = [threading.Thread(target=draw) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(drawn) == 3000 and all(len(key) == 4 for key in drawn)
+    assert len(set(drawn)) > 2990  # a few true collisions are possible; reuse is not
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
+def test_a_forked_child_does_not_reuse_its_parents_mask_keys() -> None:
+    """After a fork the child draws fresh keys: the parent's next keys (already drawn into
+    its block) never show up in the child."""
+    mask_key()  # the block is drawn: a child would inherit it
+    reader, writer = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: forking with threads
+        pid = os.fork()
+    if pid == 0:  # the child: report its next keys and leave at once
+        try:
+            os.write(writer, b"".join(mask_key() for _ in range(16)))
+        finally:
+            os._exit(0)
+    os.close(writer)
+    try:
+        child = b""
+        while len(child) < 64:
+            chunk = os.read(reader, 64 - len(child))
+            if not chunk:
+                break
+            child += chunk
+    finally:
+        os.close(reader)
+        os.waitpid(pid, 0)
+    parent = [mask_key() for _ in range(16)]
+    assert len(child) == 64
+    assert {child[i : i + 4] for i in range(0, 64, 4)}.isdisjoint(parent)
