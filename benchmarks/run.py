@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import queue
+import random
 import statistics
 import subprocess
 import sys
@@ -337,6 +338,37 @@ def _stat(values: list[float]) -> dict[str, float]:
     }
 
 
+def _p50_difference(
+    results: list[dict[str, Any]], baseline: list[dict[str, Any]], resamples: int = 2000
+) -> dict[str, float]:
+    """The pooled heartbeat-ack p50 of ``results`` minus the baseline's (ms), with a 95 %
+    interval from a paired bootstrap over rounds: rounds are drawn with replacement, the
+    same draw for both clients (a round's moment of the VM weighs on both alike), and the
+    p50 of each side's pooled delays compared. Rounds without a baseline are left out."""
+    mine = {r["round"]: [d * 1000 for d in r["server"].get("ack_delays", [])] for r in results}
+    theirs = {
+        r["round"]: [d * 1000 for d in r["server"].get("ack_delays", [])] for r in baseline
+    }
+    rounds = sorted(k for k in mine if k in theirs and mine[k] and theirs[k])
+    if len(rounds) < 2:
+        return {"diff_ms": math.nan, "low_ms": math.nan, "high_ms": math.nan, "rounds": 0}
+
+    def p50_of(side: dict[int, list[float]], drawn: list[int]) -> float:
+        return _pct([d for k in drawn for d in side[k]], 0.5)
+
+    draw = random.Random(13).choice  # seeded: the same run gives the same interval
+    diffs = sorted(
+        p50_of(mine, chosen) - p50_of(theirs, chosen)
+        for chosen in ([draw(rounds) for _ in rounds] for _ in range(resamples))
+    )
+    return {
+        "diff_ms": p50_of(mine, rounds) - p50_of(theirs, rounds),
+        "low_ms": diffs[int(0.025 * resamples)],
+        "high_ms": diffs[int(0.975 * resamples) - 1],
+        "rounds": len(rounds),
+    }
+
+
 def _ack_stats(results: list[dict[str, Any]], censored: bool = True) -> dict[str, float]:
     """Heartbeat-ack delays pooled over rounds, in ms. With ``censored``, a heartbeat never
     answered counts with the time it had waited when the connection ended (a lower bound);
@@ -398,9 +430,11 @@ def summarize(raw: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]
             for impl, results in raw["latency"].items()
         }
     if raw.get("flood"):
+        loop = raw["flood"].get(BASELINE, [])
         summary["flood"] = {
             impl: {
                 "ack_delay": _ack_stats(results),
+                "ack_p50_vs_loop": _p50_difference(results, loop),
                 "p50_ms": _stat([r["p50_ms"] for r in results]),
                 "p99_ms": _stat([r["p99_ms"] for r in results]),
             }
@@ -533,14 +567,18 @@ def render(summary: dict[str, Any], info: dict[str, Any]) -> str:
         )
         out.append(
             f"{'client':26s} {'hb p50':>8s} {'hb p99':>8s} {'hb max':>8s} "
-            f"{'signal p50':>11s} {'signal p99':>11s}"
+            f"{'signal p50':>11s} {'signal p99':>11s} {'hb p50 - loop (95% CI)':>26s}"
         )
         for impl, s in summary["flood"].items():
             a = s["ack_delay"]
+            d = s["ack_p50_vs_loop"]
+            versus = "" if impl == BASELINE or not d["rounds"] else (
+                f"{d['diff_ms']:+.3f} [{d['low_ms']:+.3f}, {d['high_ms']:+.3f}]"
+            )
             out.append(
                 f"{impl:26s} {_ms(a['p50_ms']):>8s} {_ms(a['p99_ms']):>8s} "
                 f"{_ms(a['max_ms']):>8s} {_ms(s['p50_ms']['median']):>11s} "
-                f"{_ms(s['p99_ms']['median']):>11s}"
+                f"{_ms(s['p99_ms']['median']):>11s} {versus:>26s}"
             )
     if "slow" in summary:
         out.append("")
@@ -620,6 +658,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="NAME=PATH",
         help="also measure the c2sync found in PATH (e.g. a patched copy), as c2sync-*@NAME",
     )
+    parser.add_argument(
+        "--clients",
+        metavar="NAMES",
+        help="comma-separated subset of the clients (e.g. c2sync-recv,websocket-client; "
+        "variants as c2sync-recv@NAME): more rounds of the same comparison in the same time",
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the summary")
     return parser.parse_args(argv)
 
@@ -638,6 +682,12 @@ def main(argv: list[str] | None = None) -> int:
         variants[name] = str(Path(path).resolve())
     c2_impls = list(C2SYNC_IMPLS) + [f"{i}@{v}" for v in variants for i in C2SYNC_IMPLS]
     impls = c2_impls + list(BASELINES)
+    if args.clients:
+        chosen = args.clients.split(",")
+        unknown = set(chosen) - set(impls)
+        if unknown:
+            raise SystemExit(f"unknown clients: {', '.join(sorted(unknown))}")
+        impls = [i for i in impls if i in chosen]
 
     info = machine()
     info["load_start"] = info.pop("load")

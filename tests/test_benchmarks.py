@@ -172,3 +172,61 @@ def test_instructions_refuses_bad_sizes() -> None:
     )
     assert proc.returncode == 2
     assert "--short" in proc.stderr
+
+
+def load_run() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def rounds_of(delays_ms: list[list[float]]) -> list[dict[str, Any]]:
+    return [
+        {"round": k, "server": {"ack_delays": [d / 1000 for d in delays]}}
+        for k, delays in enumerate(delays_ms)
+    ]
+
+
+def test_the_flood_ack_p50_is_compared_with_an_interval() -> None:
+    """The p50 difference to the websocket-client loop comes with a paired bootstrap
+    interval over rounds: it holds the difference, lies below zero for a client faster in
+    every round, spans zero for one that is not, and is left out with fewer than 2 rounds."""
+    run = load_run()
+    loop = [[0.30, 0.31, 0.32], [0.40, 0.41, 0.42], [0.25, 0.26, 0.27], [0.35, 0.36, 0.37]]
+    faster = [[d - 0.02 for d in delays] for delays in loop]
+    mixed = [[d + s for d in delays] for delays, s in zip(loop, (0.05, -0.05, 0.04, -0.04))]
+    ahead = run._p50_difference(rounds_of(faster), rounds_of(loop))
+    assert ahead["rounds"] == 4
+    assert ahead["diff_ms"] == pytest.approx(-0.02)
+    assert ahead["low_ms"] <= ahead["diff_ms"] <= ahead["high_ms"] < 0
+    level = run._p50_difference(rounds_of(mixed), rounds_of(loop))
+    assert level["low_ms"] < 0 < level["high_ms"]
+    assert run._p50_difference(rounds_of(loop[:1]), rounds_of(loop[:1]))["rounds"] == 0
+    # Rounds the loop is missing from are left out, not compared with other rounds.
+    assert run._p50_difference(rounds_of(faster), rounds_of(loop)[:2])["rounds"] == 2
+
+
+def test_a_run_can_be_limited_to_some_clients(tmp_path: Path) -> None:
+    """``--clients`` measures only the named clients; an unknown name is refused."""
+    out = tmp_path / "two.json"
+    script = str(ROOT / "benchmarks" / "run.py")
+    proc = subprocess.run(
+        [sys.executable, script, "--quick", "--quiet", "--only", "flood",
+         "--clients", "c2sync-recv,websocket-client", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    measured = json.loads(out.read_text())["raw"]["flood"]
+    assert sorted(measured) == ["c2sync-recv", "websocket-client"]
+    assert "hb p50 - loop" in proc.stdout
+    proc = subprocess.run(
+        [sys.executable, script, "--quick", "--clients", "c2sync-nope"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0 and "unknown clients: c2sync-nope" in proc.stderr
