@@ -34,6 +34,7 @@ from typing import Any
 import attrs
 
 from ._inbox import Replays, superseded
+from ._redact import log_failure
 from .exceptions import QueueOverflow
 from .messages import Message, Signal
 
@@ -70,6 +71,8 @@ class Dispatcher:
             nobody needs to know, as without a checkpoint).
         max_queue: the backlog's bound, in messages.
         last_seq: ``{strategy_id: last seq_id delivered}``, for :class:`QueueOverflow`.
+        redact: masks the secrets in what is logged of a callback's failure (its text may
+            quote a message's server text, or the key).
     """
 
     def __init__(
@@ -78,8 +81,10 @@ class Dispatcher:
         processed: Callable[[Signal], None] | None,
         max_queue: int = 10_000,
         last_seq: Callable[[], Mapping[int, int]] = dict,
+        redact: Callable[[str], str] = str,
     ) -> None:
         self._hand_out = hand_out
+        self._redact = redact
         self._processed = processed
         self.max_queue = max_queue
         self._last_seq = last_seq
@@ -376,8 +381,10 @@ class Dispatcher:
                     return  # type: ignore[unreachable]
                 try:
                     target(item)
-                except Exception:
+                except Exception as exc:
                     ok = False
-                    logger.exception("callback %r raised on %r", target, item)
+                    log_failure(
+                        logger, self._redact, exc, "callback %r raised on %r", target, item
+                    )
             if ok and processed is not None and isinstance(item, Signal):
                 processed(item)

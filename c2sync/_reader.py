@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from itertools import compress, count, repeat
@@ -50,12 +49,12 @@ from ._protocol import (
     ReplayRestarted,
     RequestAnswered,
 )
-from ._redact import Redactor
+from ._redact import Redactor, log_failure
 from ._spec import HEARTBEAT, SIGNAL
 from ._substats import SubscriptionBook
 from ._watchdog import Watchdog
 from .codec import parse_message
-from .exceptions import ConnectionClosed, ProtocolError
+from .exceptions import C2Error, ConnectionClosed, ProtocolError
 from .messages import Gap, Message
 
 __all__ = ["Reader", "ReaderHost", "Stats"]
@@ -165,8 +164,8 @@ class Reader:
                     return
                 link, backoff = self._reconnect(loss, backoff)
         except BaseException as exc:  # a bug must still surface on the user's next call
-            logger.exception("c2sync reader failed")
-            host.fail(exc)
+            log_failure(logger, self._redact, exc, "c2sync reader failed")
+            host.fail(masked_failure(exc, self._redact))
         finally:
             if link is not None:
                 link.release()
@@ -430,13 +429,18 @@ def unreadable(exc: Exception) -> ProtocolError:
     return Unreadable(exc)
 
 
+def masked_failure(failure: BaseException, redact: Callable[[str], str]) -> BaseException:
+    """What the user's calls raise after the reader died of ``failure`` (a bug): the
+    failure itself, unless its text holds a secret; then a ``C2Error`` naming its type
+    with the text masked (not chained to it: a traceback would show its text)."""
+    text = str(failure)
+    shown = redact(text)
+    if shown == text:
+        return failure
+    return C2Error(f"c2sync's reader failed: {type(failure).__name__}: {shown}")
+
+
 def log_unreadable(failure: Exception, redact: Callable[[str], str]) -> None:
     """The ERROR for a frame that could not be read: what failed and where, with the
-    secrets masked. The traceback goes in the text (a handler given ``exc_info`` would
-    format the failure's own, unmasked, text) unless there is nothing to mask."""
-    trace = "".join(traceback.format_exception(type(failure), failure, failure.__traceback__))
-    masked = redact(trace)
-    if masked == trace:
-        logger.error("could not read a frame; skipping it", exc_info=failure)
-    else:
-        logger.error("could not read a frame; skipping it\n%s", masked.rstrip())
+    secrets masked."""
+    log_failure(logger, redact, failure, "could not read a frame; skipping it")

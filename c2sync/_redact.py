@@ -29,8 +29,11 @@ the middle of an echoed key).
 from __future__ import annotations
 
 import json
+import logging
+import traceback
+from collections.abc import Callable
 
-__all__ = ["MASK", "MIN_REMEMBERED", "Redactor", "mask", "redact", "remember"]
+__all__ = ["MASK", "MIN_REMEMBERED", "Redactor", "log_failure", "mask", "redact", "remember"]
 
 MASK = "***"
 MIN_TAIL = 4  # a secret cut off at a text's end is masked from this many characters on
@@ -107,3 +110,28 @@ def mask(text: str) -> str:
         if form in text:
             text = text.replace(form, MASK)
     return text
+
+
+def log_failure(
+    log: logging.Logger,
+    redact: Callable[[str], str],
+    failure: BaseException,
+    message: str,
+    *args: object,
+    level: int = logging.ERROR,
+) -> None:
+    """Log ``message % args`` with ``failure``'s traceback, the secrets masked in both.
+
+    A handler given ``exc_info`` formats the failure's own text, unmasked: when there is
+    something to mask, the traceback goes into the text instead. Otherwise the record is
+    the usual one (``exc_info`` set), for handlers that format tracebacks their own way.
+    """
+    if not log.isEnabledFor(level):
+        return
+    text = message % args if args else message
+    trace = "".join(traceback.format_exception(type(failure), failure, failure.__traceback__))
+    shown, shown_trace = redact(text), redact(trace)
+    if shown == text and shown_trace == trace:
+        log.log(level, message, *args, exc_info=failure, stacklevel=2)
+    else:
+        log.log(level, "%s\n%s", shown, shown_trace.rstrip(), stacklevel=2)

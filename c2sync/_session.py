@@ -39,7 +39,7 @@ from ._options import Options
 from ._pending import Pending, RequestLost, Waiter
 from ._protocol import ClientProtocol, Connected
 from ._reader import Reader, Stats
-from ._redact import remember
+from ._redact import Redactor, log_failure, remember
 from ._spec import CLOSE_NORMAL, SIGNAL
 from ._substats import SubscriptionBook
 from ._watchdog import Watchdog
@@ -73,11 +73,13 @@ class Session:
         )
         self.stats = Stats()
         self.connected_message: Message | None = None
+        self._redact = Redactor(options.api_key)  # for what it logs of others' failures
         self.dispatcher = Dispatcher(
             self._hand_out,
             self._processed if checkpoint is not None else None,
             options.max_queue,
             self._last_delivered,
+            self._redact,
         )
         self.life = Lifecycle(self.dispatcher.post_state)
         self.lock = self.life.lock
@@ -272,8 +274,8 @@ class Session:
                     )
                 elif kind == "save":
                     checkpoint.save(signal.strategy_id, signal.seq_id)
-            except Exception:
-                logger.exception("saving the checkpoint failed")
+            except Exception as exc:
+                log_failure(logger, self._redact, exc, "saving the checkpoint failed")
             if self.life.ended.is_set():
                 self._flush_checkpoint()  # a callback outlived close()'s flush
 
@@ -378,8 +380,8 @@ class Session:
         if callable(flush):
             try:
                 flush()
-            except Exception:
-                logger.exception("flushing the checkpoint failed")
+            except Exception as exc:
+                log_failure(logger, self._redact, exc, "flushing the checkpoint failed")
 
     def threads(self) -> list[threading.Thread]:
         candidates: list[Any] = [self.reader.thread, self.watchdog.thread, self.dispatcher.thread]

@@ -280,6 +280,112 @@ def test_a_callback_failing_on_a_message_echoing_the_key_is_logged_without_it(
     assert_hidden({"log": caplog.text})
 
 
+def test_a_callback_quoting_the_key_in_its_own_failure_is_logged_without_it(
+    make_server: MakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A callback whose exception quotes the server's text (which echoes the key): the
+    logged failure, its traceback included, shows *** instead."""
+    caplog.set_level(logging.DEBUG)
+    done = threading.Event()
+    registered = threading.Event()
+
+    def handler(conn: Conn) -> None:
+        key = opened(conn)
+        if registered.wait(WAIT):
+            send(conn, refusal(None, key), MARKER)
+        conn.read_frames()
+
+    def fails(message: Any) -> None:
+        raise RuntimeError(f"cannot handle: {message.message}")
+
+    server = make_server(handler)
+    with connected(server) as client:
+        client.on("error", fails)
+        client.on(MARKER["msg_type"], lambda message: done.set())
+        registered.set()
+        assert done.wait(WAIT)
+    assert "raised on" in caplog.text and "cannot handle: not allowed for ***" in caplog.text
+    assert "RuntimeError" in caplog.text and "Traceback" in caplog.text
+    assert_hidden({"log": caplog.text})
+
+
+class FailingCheckpoint:
+    """A checkpoint store whose writes fail with an error quoting the key (a store that
+    uses the same key for its own service, say)."""
+
+    def load(self) -> dict[int, int]:
+        return {}
+
+    def save(self, strategy_id: int, seq_id: int) -> None:
+        raise OSError(f"cannot save to https://store.example/?key={API_KEY}")
+
+    def flush(self) -> None:
+        raise OSError(f"cannot flush to https://store.example/?key={API_KEY}")
+
+
+def test_a_checkpoint_failing_with_the_key_is_logged_without_it(
+    make_server: MakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ERRORs of a checkpoint store's failed save and flush show *** for the key."""
+    caplog.set_level(logging.DEBUG)
+    handled = threading.Event()
+
+    def handler(conn: Conn) -> None:
+        opened(conn)
+        ack(conn, json.loads(conn.next_text()))
+        signal_frame = {
+            "msg_type": SIGNAL,
+            "id": "msg_s1",
+            "seq_id": 1,
+            "payload": {"strategy_id": STRATEGY},
+        }
+        send(conn, signal_frame)
+        conn.read_frames()
+
+    server = make_server(handler)
+    with connected(server, checkpoint=FailingCheckpoint()) as client:
+        client.on(SIGNAL, lambda message: handled.set())
+        client.subscribe(SIGNAL, STRATEGY, timeout=WAIT)
+        assert handled.wait(WAIT)
+    # close() has flushed; the save ran after the callback returned, before close() did.
+    assert "saving the checkpoint failed" in caplog.text
+    assert "flushing the checkpoint failed" in caplog.text
+    assert "cannot save to https://store.example/?key=***" in caplog.text
+    assert_hidden({"log": caplog.text})
+
+
+def test_a_reader_dying_of_a_bug_that_quotes_the_key_shows_it_nowhere(
+    make_server: MakeServer,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug in the reader whose exception quotes server text (here: logging a gap that
+    echoes the key fails): the last-resort ERROR and its traceback show ***, and so does
+    the error the user's next call raises."""
+    caplog.set_level(logging.DEBUG)
+
+    def buggy(gap: Gap, redact: Any) -> None:
+        raise RuntimeError(f"bug while logging {gap.message}")
+
+    monkeypatch.setattr(c2sync._reader, "log_gap", buggy)
+
+    def handler(conn: Conn) -> None:
+        key = opened(conn)
+        ack(conn, json.loads(conn.next_text()))
+        gap = {"channel": f"{SIGNAL}:{STRATEGY}", "strategy_id": STRATEGY, "from": 0}
+        send(conn, {"msg_type": "gap", "payload": {**gap, "message": key}})
+        conn.read_frames()
+
+    server = make_server(handler)
+    with connected(server) as client:
+        client.subscribe(SIGNAL, STRATEGY, timeout=WAIT)
+        with pytest.raises(c2sync.C2Error) as info:
+            client.recv(timeout=WAIT)
+    assert "c2sync reader failed" in caplog.text and "bug while logging ***" in caplog.text
+    assert "RuntimeError: bug while logging ***" in str(info.value)
+    assert_hidden({**exception_texts(info.value), "log": caplog.text})
+
+
 def test_a_gap_echoing_the_key_keeps_it_in_its_data_only(
     make_server: MakeServer,
     caplog: pytest.LogCaptureFixture,
