@@ -20,6 +20,10 @@ Two ways in, for two kinds of text (docs/security.md "The API key"):
   than :data:`MIN_REMEMBERED` characters are not remembered, since masking them would
   garble ordinary words in every repr (real API keys are long random strings).
 
+:func:`log_failure` writes the log line of a failure (a callback's, a checkpoint store's,
+a frame the parser choked on, the reader's last resort) with its text and its traceback
+masked: a handler given ``exc_info`` would format the failure's own text.
+
 Each secret is masked as written, as a repr writes it (quotes and backslashes escaped,
 unprintable characters as escapes) and as JSON writes it (non-ASCII as ``\\uXXXX``); a
 :class:`Redactor` also masks a secret cut off at the end of a text (a body truncated in
