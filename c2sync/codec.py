@@ -282,51 +282,39 @@ def _parse(text: str | bytes, decode: Callable[[str], Any]) -> Message:
     version = get("v")
     if type(version) is not int:
         version = None
-    if (
-        msg_type == SIGNAL
-        and _SIGNAL_SLOTS is not None
-        and seq_id is not None
-        and 0 < seq_id <= _MAX_SEQ_ID
-    ):
-        # The hot path: a Signal filled field by field, without attrs' keyword __init__
-        # (half the cost; the same object, see _SIGNAL_SLOTS). A seq_id that cannot order
-        # anything takes the builder below: a plain Message (docs/api-contract.md
-        # "Reconnecting").
-        signal = _new(Signal)
-        s_type, s_id, s_seq, s_request, s_time, s_v, s_payload, s_raw, s_strategy = _SIGNAL_SLOTS
-        s_type(signal, msg_type)
-        s_id(signal, ident)
-        s_seq(signal, seq_id)
-        s_request(signal, request_id)
-        s_time(signal, timestamp)
-        s_v(signal, version)
-        s_payload(signal, payload)
-        s_raw(signal, obj)
+    if msg_type == SIGNAL and seq_id is not None and 0 < seq_id <= _MAX_SEQ_ID:
+        cls: type[Message] | None = Signal  # the hot path
+    else:
+        # Plain Messages too (heartbeats, connection.connected, any type without a class
+        # of its own): every heartbeat is parsed before its ack. A signal whose seq_id
+        # cannot order anything takes its builder below: a plain Message
+        # (docs/api-contract.md "Reconnecting").
+        cls = None if msg_type in _BUILDERS else Message
+    if cls is not None and _SLOTS is not None:
+        # Filled field by field, without attrs' keyword __init__ (half the cost; the same
+        # object, see _SLOTS).
+        message = _new(cls)
+        s_type, s_id, s_seq, s_request, s_time, s_v, s_payload, s_raw, s_strategy = _SLOTS
+        s_type(message, msg_type)
+        s_id(message, ident)
+        s_seq(message, seq_id)
+        s_request(message, request_id)
+        s_time(message, timestamp)
+        s_v(message, version)
+        s_payload(message, payload)
+        s_raw(message, obj)
+        if cls is Message:
+            return message
         # _payload_strategy_id(payload), without its calls for the usual integer forms.
         value = payload.get("strategy_id")
         if type(value) is int and value > 0:
-            s_strategy(signal, value)
-            return signal
+            s_strategy(message, value)
+            return message
         strategy_id = None if value is None else _strategy_id(value)
         if strategy_id is None:
             value = payload.get("StrategyId")
             strategy_id = value if type(value) is int and value > 0 else _strategy_id(value)
-        s_strategy(signal, strategy_id)
-        return signal
-    build = _BUILDERS.get(msg_type)
-    if build is None and _MESSAGE_SLOTS is not None:
-        # A plain Message (heartbeats, connection.connected, any type without a class of
-        # its own), filled as the Signal above: every heartbeat is parsed before its ack.
-        message = _new(Message)
-        m_type, m_id, m_seq, m_request, m_time, m_v, m_payload, m_raw = _MESSAGE_SLOTS
-        m_type(message, msg_type)
-        m_id(message, ident)
-        m_seq(message, seq_id)
-        m_request(message, request_id)
-        m_time(message, timestamp)
-        m_v(message, version)
-        m_payload(message, payload)
-        m_raw(message, obj)
+        s_strategy(message, strategy_id)
         return message
     common: dict[str, Any] = {
         "msg_type": msg_type,
@@ -338,6 +326,7 @@ def _parse(text: str | bytes, decode: Callable[[str], Any]) -> Message:
         "payload": payload,
         "raw": obj,
     }
+    build = _BUILDERS.get(msg_type)
     if build is None:
         return Message(**common)
     return build(common, payload)
@@ -372,8 +361,9 @@ def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Any, ...] | None:
     return tuple(setters)
 
 
-_SIGNAL_SLOTS = _slot_setters(Signal, _SIGNAL_FIELDS)
-_MESSAGE_SLOTS = _slot_setters(Message, _SIGNAL_FIELDS[:-1])
+# Signal's setters; its first eight are Message's own slots (inherited), so they fill a
+# plain Message as well. None: both take attrs' keyword path.
+_SLOTS = _slot_setters(Signal, _SIGNAL_FIELDS)
 
 
 _MAX_ID_DIGITS = 20  # ids and seq_ids are 64-bit at most; longer digit strings are junk
