@@ -111,6 +111,7 @@ class ReaderHost(Protocol):
     dispatcher: Dispatcher
     watchdog: Watchdog
     book: SubscriptionBook  # per-subscription counters (client.subscription_stats)
+    redact: Redactor  # masks the key in what is logged
 
     def connect(self) -> Link:
         """Open a link and read ``connection.connected`` (raises what a connect raises)."""
@@ -133,7 +134,7 @@ class Reader:
     def __init__(self, host: ReaderHost, stop: threading.Event) -> None:
         self._host = host
         self._stop = stop
-        self._redact = Redactor(host.options.api_key)  # for what it logs of server text
+        self._redact = host.redact  # for what it logs of server text
         self.thread: threading.Thread | None = None
 
     def start(self, link: Link) -> None:

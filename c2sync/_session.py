@@ -73,13 +73,14 @@ class Session:
         )
         self.stats = Stats()
         self.connected_message: Message | None = None
-        self._redact = Redactor(options.api_key)  # for what it logs of others' failures
+        # Masks the key in what the shell logs (server text, others' failures).
+        self.redact = Redactor(options.api_key)
         self.dispatcher = Dispatcher(
             self._hand_out,
             self._processed if checkpoint is not None else None,
             options.max_queue,
             self._last_delivered,
-            self._redact,
+            self.redact,
         )
         self.life = Lifecycle(self.dispatcher.post_state)
         self.lock = self.life.lock
@@ -275,7 +276,7 @@ class Session:
                 elif kind == "save":
                     checkpoint.save(signal.strategy_id, signal.seq_id)
             except Exception as exc:
-                log_failure(logger, self._redact, exc, "saving the checkpoint failed")
+                log_failure(logger, self.redact, exc, "saving the checkpoint failed")
             if self.life.ended.is_set():
                 self._flush_checkpoint()  # a callback outlived close()'s flush
 
@@ -381,7 +382,7 @@ class Session:
             try:
                 flush()
             except Exception as exc:
-                log_failure(logger, self._redact, exc, "flushing the checkpoint failed")
+                log_failure(logger, self.redact, exc, "flushing the checkpoint failed")
 
     def threads(self) -> list[threading.Thread]:
         candidates: list[Any] = [self.reader.thread, self.watchdog.thread, self.dispatcher.thread]
