@@ -141,11 +141,22 @@ class ClockSkew:
         except OverflowError:  # a server timestamp at the edge of the datetime range
             return local_time
 
-    def explain(self) -> str:
-        """What a ``ServerError`` refusing a timestamp adds to its text: the clock's skew."""
+    def explain(self, sent: str = "") -> str:
+        """What a ``ServerError`` refusing a timestamp adds to its text: the clock's skew,
+        or, when the clock is in sync with the server's (within :data:`WARN_SKEW`), that the
+        server refused the timestamp's form, naming the form ``sent``."""
         offset = self._offset
+        form = f" (sent {sent!r})" if sent else ""
         if offset is None:
-            return "the client's clock may be off: check the system clock (NTP)"
+            return (
+                "the client's clock may be off (check the system clock, NTP), or the server "
+                f"refused the timestamp's form{form}"
+            )
+        if abs(offset) < WARN_SKEW:
+            return (
+                f"the server refused the timestamp's form, not its time{form}: the local "
+                f"clock is within {seconds(offset)} s of the server's"
+            )
         if self.correct and abs(offset) > CORRECT_SKEW:
             hint = "outgoing timestamps were corrected; the clock may have jumped since"
         else:

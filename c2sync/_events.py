@@ -11,7 +11,7 @@ from typing import Union
 import attrs
 
 from .exceptions import ProtocolError, ServerError
-from .messages import Message, Signal, SubscriptionAck
+from .messages import ErrorMessage, Message, Signal, SubscriptionAck
 
 __all__ = [
     "Connected",
@@ -22,6 +22,7 @@ __all__ = [
     "Malformed",
     "ReplayRestarted",
     "RequestAnswered",
+    "SubscriptionRefused",
 ]
 
 
@@ -80,8 +81,31 @@ class ReplayRestarted:
     # The last seq_id accepted before: the replay up to it re-sends what was queued or
     # dropped, so the shell lets it past the queue bound (docs/api-contract.md "Back-pressure").
     replay_to: int
+    # False: nothing queued is superseded (a subscription that was not held, whose replay
+    # may already have arrived before its ack); only the resume is counted.
+    purge: bool = True
+
+
+@attrs.frozen
+class SubscriptionRefused:
+    """The server refused a resubscription nobody waits for (a restore after reconnecting):
+    the pair is no longer held. The shell tells the user: ``message`` goes into their stream
+    in order, ``error`` to every ``on_error`` function (docs/api-contract.md "Servers that
+    read the docs differently")."""
+
+    channel: str
+    strategy_id: int
+    error: ServerError
+    message: ErrorMessage
 
 
 Event = Union[  # evaluated at run time: no "|" on Python 3.9
-    Connected, HeartbeatAnswered, RequestAnswered, Deliver, Duplicate, Malformed, ReplayRestarted
+    Connected,
+    HeartbeatAnswered,
+    RequestAnswered,
+    Deliver,
+    Duplicate,
+    Malformed,
+    ReplayRestarted,
+    SubscriptionRefused,
 ]

@@ -36,9 +36,11 @@ from ._events import (
     Malformed,
     ReplayRestarted,
     RequestAnswered,
+    SubscriptionRefused,
 )
 from ._redact import Redactor
 from ._spec import (
+    CODE_INVALID_PARAMETER,
     CONNECTED,
     DISCONNECTED,
     HEARTBEAT,
@@ -52,6 +54,7 @@ from ._streams import Streams
 from .codec import (
     encode_heartbeat_ack,
     encode_subscription_request,
+    format_timestamp,
     parse_message,
     validate_channel,
     validate_strategy_id,
@@ -78,6 +81,7 @@ __all__ = [  # the events are re-exported: the shell reads them from here
     "Pair",
     "ReplayRestarted",
     "RequestAnswered",
+    "SubscriptionRefused",
 ]
 
 logger = logging.getLogger("c2sync.protocol")
@@ -89,7 +93,7 @@ Pair = tuple[str, int]
 _MAX_FORGOTTEN = 1000
 @attrs.define
 class _Request:
-    request_id: str
+    request_id: str  # on the wire: fresh for every request sent, a retry included
     action: str
     channel: str
     strategy_id: int
@@ -97,6 +101,13 @@ class _Request:
     explicit_resume: bool
     waited: bool  # a caller blocks on the answer (False: a restore after reconnecting)
     forgotten: bool = False
+    # The id the caller waits on: its first request's, whatever retries followed.
+    answer_id: str = ""
+    resume_as_string: bool = False  # resume_from went out as a JSON string
+    retried: bool = False  # already sent again with resume_from in the other JSON type
+    stamp: str = ""  # the timestamp it carried, as sent
+    # What Streams.expect_replay said of an explicit resume_from (None: not asked).
+    replay_mode: str | None = None
 
 
 def _default_request_ids() -> Iterator[str]:
@@ -150,6 +161,10 @@ class ClientProtocol:
         self._subscriptions: dict[Pair, None] = {}  # held by the server; ordered for restore
         self._outstanding: dict[str, _Request] = {}  # in the order sent
         self._outgoing: list[str] = []
+        # The JSON type of resume_from that the server took last: a number (the docs'
+        # example) until a server refuses it and takes a string (their field table).
+        self._resume_as_string = False
+        self._restart: ReplayRestarted | None = None  # see take_restart()
         self._awaiting_connected = False
         self._open = False
         self._deadline: float | None = None
@@ -224,8 +239,9 @@ class ClientProtocol:
         self._awaiting_connected = False
         self._deadline = None
         self._outgoing.clear()
-        failed = [r.request_id for r in self._outstanding.values() if r.waited and not r.forgotten]
+        failed = [r.answer_id for r in self._outstanding.values() if r.waited and not r.forgotten]
         self._outstanding.clear()
+        self._streams.forget_replays()
         return failed
 
     def restore_subscriptions(self) -> None:
@@ -275,12 +291,29 @@ class ClientProtocol:
                 raise SubscriptionLimitError(
                     f"a connection holds at most {self.max_subscriptions} subscriptions"
                 )
+        mode = None
         if action == SUBSCRIBE and channel == SIGNAL:
             self._streams.want(strategy_id)  # from now on its signals are ordered, deduped
             if resume_from is None:
                 resume_from = self.resume_point(strategy_id)
+            elif explicit:
+                # The replay may come before the ack (a server's reading): a stream nothing
+                # streams restarts now, so that a replay arriving first is taken.
+                assert resume_from is not None
+                fresh = pair not in self._subscriptions
+                mode = self._streams.expect_replay(strategy_id, resume_from, fresh)
+                if fresh:
+                    self._restart = ReplayRestarted(strategy_id, resume_from, resume_from)
         request = self._new_request(action, channel, strategy_id, resume_from, explicit, True)
+        request.replay_mode = mode
         return request.request_id, self._encode(request)
+
+    def take_restart(self) -> ReplayRestarted | None:
+        """After :meth:`request`: the restart the shell must apply before sending (what is
+        still queued of the strategy above an explicit ``resume_from`` on a pair not held
+        is superseded by the replay asked for), or None."""
+        restart, self._restart = self._restart, None
+        return restart
 
     def check_request(
         self, action: str, channel: str, strategy_id: int, resume_from: int | None
@@ -305,7 +338,9 @@ class ClientProtocol:
     def forget(self, request_id: str) -> None:
         """The caller stopped waiting (timeout): a late answer will satisfy nobody, though a
         late ack still updates the subscriptions."""
-        request = self._outstanding.get(request_id)
+        request = next(
+            (r for r in self._outstanding.values() if r.answer_id == request_id), None
+        )
         if request is not None:
             request.forgotten = True
             forgotten = [r for r in self._outstanding.values() if r.forgotten]
@@ -329,21 +364,39 @@ class ClientProtocol:
         explicit: bool,
         waited: bool,
     ) -> _Request:
+        request_id = next(self._request_ids)
         request = _Request(
-            next(self._request_ids), action, channel, strategy_id, resume_from, explicit, waited
+            request_id, action, channel, strategy_id, resume_from, explicit, waited
         )
-        self._outstanding[request.request_id] = request
+        request.answer_id = request_id
+        request.resume_as_string = self._resume_as_string
+        self._outstanding[request_id] = request
         return request
 
     def _encode(self, request: _Request) -> str:
+        now = self._clock.stamp(self._wallclock())
+        request.stamp = format_timestamp(now)
         return encode_subscription_request(
             request.action,
             request.channel,
             request.strategy_id,
             request_id=request.request_id,
             resume_from=request.resume_from or None,
-            now=self._clock.stamp(self._wallclock()),
+            now=now,
+            resume_as_string=request.resume_as_string,
         )
+
+    def _retry_resume_form(self, request: _Request) -> None:
+        """Send ``request`` once more with ``resume_from`` in the other JSON type, under a
+        fresh request id; its caller keeps waiting on the first id."""
+        retry = attrs.evolve(
+            request,
+            request_id=next(self._request_ids),
+            resume_as_string=not request.resume_as_string,
+            retried=True,
+        )
+        self._outstanding[retry.request_id] = retry
+        self._outgoing.append(self._encode(retry))
 
     # Receiving -------------------------------------------------------------------------
 
@@ -421,7 +474,12 @@ class ClientProtocol:
             self._deadline = now + self.heartbeat_timeout
             return [HeartbeatAnswered(message)]
         if isinstance(message, Signal):
-            return [self._streams.accept(message, self._only_signal_subscription)]
+            streams = self._streams
+            if streams.replays_pending:
+                restart = streams.replay_arrived(message)
+                if restart is not None:
+                    return [restart, streams.accept(message, self._only_signal_subscription)]
+            return [streams.accept(message, self._only_signal_subscription)]
         if msg_type == SIGNAL:
             return [self._streams.invalid(message)]
         if isinstance(message, Gap):
@@ -488,18 +546,28 @@ class ClientProtocol:
         del self._outstanding[request.request_id]
         pair = (request.channel, request.strategy_id)
         events: list[Event] = []
+        if request.resume_from and request.retried:
+            # The other JSON type of resume_from worked: keep it for the client's life.
+            self._resume_as_string = request.resume_as_string
+            logger.info(
+                "the server took resume_from as a JSON %s; sending it so from now on",
+                "string" if request.resume_as_string else "number",
+            )
         if request.action == UNSUBSCRIBE:
             self._subscriptions.pop(pair, None)
         else:
             self._subscriptions[pair] = None
             if request.channel == SIGNAL:
                 replay = self._streams.subscribed(
-                    request.strategy_id, request.resume_from, request.explicit_resume
+                    request.strategy_id,
+                    request.resume_from,
+                    request.explicit_resume,
+                    request.replay_mode,
                 )
                 if replay is not None:
                     events.append(replay)
         if request.waited and not request.forgotten:
-            events.append(RequestAnswered(request.request_id, ack=ack))
+            events.append(RequestAnswered(request.answer_id, ack=ack))
         return events
 
     def _on_error(self, error: ErrorMessage) -> list[Event]:
@@ -515,19 +583,36 @@ class ClientProtocol:
                 redact(error.message),
             )
             return []
+        if request.resume_from and not request.retried and _refuses_resume_from(error):
+            # docs/protocol.md section 6: the docs type resume_from as a string and send a
+            # number; a server may take only one. Once more in the other type.
+            logger.info(
+                "the server refused resume_from as a JSON %s; sending it as a %s",
+                "string" if request.resume_as_string else "number",
+                "number" if request.resume_as_string else "string",
+            )
+            self._retry_resume_form(request)
+            return []
+        exc = self._server_error(error, request)
         if not request.waited:
-            # A restore after reconnecting was refused: the subscription is gone; say so.
-            self._subscriptions.pop((request.channel, request.strategy_id), None)
+            # A restore after reconnecting was refused: the subscription is gone, and the
+            # user is told, never left with less than they asked for and nobody saying so.
+            pair = (request.channel, request.strategy_id)
+            self._subscriptions.pop(pair, None)
             logger.warning(
-                "resubscribing to %s %s was refused: %s %s",
+                "resubscribing to %s %s was refused: %s; that subscription is gone",
                 request.channel,
                 request.strategy_id,
-                redact(error.code),
-                redact(error.message),
+                exc,
             )
-            return [Deliver(error)]  # the user's data, as the server sent it
-        # An exception is not the user's data: every text it holds is masked.
-        exc = ServerError(
+            return [SubscriptionRefused(request.channel, request.strategy_id, exc, error)]
+        return [RequestAnswered(request.answer_id, error=exc)]
+
+    def _server_error(self, error: ErrorMessage, request: _Request) -> ServerError:
+        """The exception of a refused request; every text it holds is masked (an exception
+        is not the user's data)."""
+        redact = self._redact
+        return ServerError(
             redact(error.code),
             redact(error.message),
             field=None if error.field is None else redact(error.field),
@@ -539,7 +624,25 @@ class ClientProtocol:
                 )
                 for detail in error.errors
             ),
-            request_id=request.request_id,
-            hint=self._clock.explain() if is_timestamp_error(error) else None,
+            request_id=request.answer_id,
+            hint=self._clock.explain(request.stamp) if is_timestamp_error(error) else None,
+            channel=request.channel,
+            strategy_id=request.strategy_id,
         )
-        return [RequestAnswered(request.request_id, error=exc)]
+
+
+def _refuses_resume_from(error: ErrorMessage) -> bool:
+    """Whether ``error`` refuses a request's ``resume_from``: a field that names it
+    (ResumeFrom, resume_from, any case), a message that mentions it, or
+    ``INVALID_PARAMETER`` naming no field (docs/api-contract.md "Servers that read the docs
+    differently")."""
+    for detail in error.errors or (error,):
+        field = (detail.field or "").replace("_", "").lower()
+        if field == "resumefrom":
+            return True
+        text = (detail.message or "").replace("_", "").replace(" ", "").lower()
+        if "resumefrom" in text:
+            return True
+        if not detail.field and (detail.code or "").upper() == CODE_INVALID_PARAMETER:
+            return True
+    return False

@@ -48,6 +48,7 @@ from ._protocol import (
     Malformed,
     ReplayRestarted,
     RequestAnswered,
+    SubscriptionRefused,
 )
 from ._redact import Redactor, log_failure
 from ._spec import HEARTBEAT, SIGNAL
@@ -57,7 +58,7 @@ from .codec import parse_message
 from .exceptions import C2Error, ConnectionClosed, ProtocolError
 from .messages import Gap, Message
 
-__all__ = ["Reader", "ReaderHost", "Stats"]
+__all__ = ["Reader", "ReaderHost", "Stats", "replay_restarted"]
 
 logger = logging.getLogger("c2sync")
 
@@ -356,10 +357,13 @@ class Reader:
                 event.message.strategy_id,
             )
         elif isinstance(event, ReplayRestarted):
-            strategy_id, resume_from = event.strategy_id, event.resume_from
-            host.inbox.purge(strategy_id, resume_from, event.replay_to)
-            host.book.resumed((SIGNAL, strategy_id), host.protocol.subscriptions)
-            host.dispatcher.purge(strategy_id, resume_from, event.replay_to)
+            replay_restarted(host, event)
+        elif isinstance(event, SubscriptionRefused):
+            # Never silent (docs/api-contract.md "Servers that read the docs differently"):
+            # the refusal goes into the user's stream in order, and on_error is told. The
+            # pair already left the subscriptions, so subscription_stats drops it too.
+            self._deliver([event.message])
+            host.dispatcher.post_error(event.error)
 
     def _deliver(self, messages: list[Message]) -> None:
         """Hand on the messages one read brought: those with callbacks to the dispatcher in
@@ -386,6 +390,17 @@ class Reader:
             if dropped:
                 host.stats.dropped += dropped
                 host.dispatcher.overflowed(dropped)  # on_error is told as well
+
+
+def replay_restarted(host: ReaderHost, event: ReplayRestarted) -> None:
+    """Apply a restarted replay: what is queued of the strategy above its ``resume_from``
+    is superseded (unless ``event.purge`` is off), and the resume is counted. Called by the
+    reader, and by the session for a restart that comes with a request."""
+    strategy_id, resume_from = event.strategy_id, event.resume_from
+    if event.purge:
+        host.inbox.purge(strategy_id, resume_from, event.replay_to)
+        host.dispatcher.purge(strategy_id, resume_from, event.replay_to)
+    host.book.resumed((SIGNAL, strategy_id), host.protocol.subscriptions)
 
 
 def _parse(text: str | bytes) -> Message | ProtocolError:

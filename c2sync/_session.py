@@ -38,7 +38,7 @@ from ._link import Link
 from ._options import Options
 from ._pending import Pending, RequestLost, Waiter
 from ._protocol import ClientProtocol, Connected
-from ._reader import Reader, Stats
+from ._reader import Reader, Stats, replay_restarted
 from ._redact import Redactor, log_failure, remember
 from ._spec import CLOSE_NORMAL, SIGNAL
 from ._substats import SubscriptionBook
@@ -311,7 +311,13 @@ class Session:
                 self.life.wait_open(deadline, what, self._link_ready)
                 assert self._link is not None
                 request_id, frame = self.protocol.request(action, channel, strategy_id, resume_from)
-                return self.pending.add(request_id), frame, self._link.send
+                restart = self.protocol.take_restart()
+                waiter, send = self.pending.add(request_id), self._link.send
+            if restart is not None:
+                # Before the request goes out, so only what came before it is superseded
+                # (outside the lock: the queues' locks are never taken under it).
+                replay_restarted(self, restart)
+            return waiter, frame, send
 
         return self.pending.request(
             what, timeout, register, self._forget, resend=self.options.reconnect

@@ -52,6 +52,9 @@ class _Stream:
     delivered: int | None = None  # the last seq_id handed out
     restarts: int = 0  # far-backwards seq_ids seen (the server restarted its numbering)
     restart_seq: int | None = None  # the seq_id that last restarted the numbering
+    # An explicit resume_from below ``held`` asked for and not yet begun: the replay starts
+    # at its ack, or sooner if its first signal comes before the ack.
+    replay_from: int | None = None
 
 
 class Streams:
@@ -73,6 +76,7 @@ class Streams:
         self._resume_points = dict(resume_points or {})
         self._streams: dict[int, _Stream] = {}
         self.invalid_seq_ids = 0  # strategy.signal frames whose seq_id could order nothing
+        self.replays_pending = 0  # streams with a replay_from: looked at only when some are
 
     @property
     def last_delivered(self) -> dict[int, int]:
@@ -104,17 +108,82 @@ class Streams:
         if strategy_id not in self._streams:
             self._streams[strategy_id] = _Stream()
 
+    def expect_replay(self, strategy_id: int, resume_from: int, fresh: bool) -> str:
+        """An explicit ``resume_from`` is being sent for the strategy (wanted already).
+
+        The server may replay before or after its ack (docs/api-contract.md "Servers that
+        read the docs differently"), so the restart cannot always wait for the ack:
+
+        - ``fresh`` (the pair is not held: nothing of it is streaming): the stream restarts
+          now; whatever comes before the ack is the replay. Returns ``"fresh"``.
+        - held, ``resume_from`` below the highest held (or nothing held yet): the restart
+          waits for the ack, or for the first signal at or below the highest held, the
+          replay's, if it comes first (:meth:`replay_arrived`). Returns ``"pending"``.
+        - held, ``resume_from`` at or above it: nothing to supersede (the signals the
+          connection streams meanwhile come in order after the highest held). Returns
+          ``"none"``.
+        """
+        stream = self._streams[strategy_id]
+        if fresh:
+            stream.held = stream.delivered = resume_from
+            return "fresh"
+        if stream.held is None or resume_from < stream.held:
+            if stream.replay_from is None:
+                self.replays_pending += 1
+            stream.replay_from = resume_from
+            return "pending"
+        return "none"
+
+    def forget_replays(self) -> None:
+        """The connection was lost: the requests that asked for replays are gone."""
+        if self.replays_pending:
+            for stream in self._streams.values():
+                stream.replay_from = None
+            self.replays_pending = 0
+
+    def replay_arrived(self, signal: Signal) -> ReplayRestarted | None:
+        """Before :meth:`accept`, while :attr:`replays_pending`: a signal of a strategy with
+        a pending replay, at or below the highest held and above the ``resume_from`` asked
+        for, is the replay, come before the ack: the stream restarts now (what is queued
+        above ``resume_from`` is superseded) and the signal is then taken in order."""
+        stream = self._streams.get(signal.strategy_id)  # type: ignore[arg-type]
+        if stream is None or stream.replay_from is None or stream.held is None:
+            return None
+        resume_from, held = stream.replay_from, stream.held
+        if not (valid_seq_id(signal.seq_id) and resume_from < signal.seq_id <= held):
+            return None
+        stream.replay_from = None
+        self.replays_pending -= 1
+        stream.held = stream.delivered = resume_from
+        return ReplayRestarted(signal.strategy_id, resume_from, held)  # type: ignore[arg-type]
+
     def subscribed(
-        self, strategy_id: int, resume_from: int | None, explicit: bool
+        self,
+        strategy_id: int,
+        resume_from: int | None,
+        explicit: bool,
+        mode: str | None = None,
     ) -> ReplayRestarted | None:
         """A signal subscription was acked (a late ack too: the server holds it). With an
-        explicit ``resume_from`` the replay supersedes what is queued above it."""
+        explicit ``resume_from`` the replay supersedes what is queued above it, unless it
+        began already (``mode``: what :meth:`expect_replay` returned; None: it was not
+        called, the replay starts now)."""
         self.want(strategy_id)
         stream = self._streams[strategy_id]
         if explicit and resume_from:
-            replay_to = max(resume_from, stream.held if stream.held is not None else resume_from)
-            stream.held = stream.delivered = resume_from
-            return ReplayRestarted(strategy_id, resume_from, replay_to)
+            if mode == "pending" and stream.replay_from != resume_from:
+                return None  # its replay came before the ack and restarted the stream then
+            if mode is None or mode == "pending":
+                if stream.replay_from is not None:
+                    stream.replay_from = None
+                    self.replays_pending -= 1
+                replay_to = max(resume_from, stream.held or resume_from)
+                stream.held = stream.delivered = resume_from
+                return ReplayRestarted(strategy_id, resume_from, replay_to)
+            if mode == "none" and (stream.held or 0) <= resume_from:
+                stream.held = stream.delivered = resume_from  # the user skips ahead
+            # Nothing queued to supersede: the resume is only counted.
+            return ReplayRestarted(strategy_id, resume_from, resume_from, purge=False)
         if resume_from and stream.held is None:
             stream.held = resume_from
         return None

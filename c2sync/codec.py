@@ -53,7 +53,12 @@ _TIMESTAMP = re.compile(
 
 
 def format_timestamp(when: datetime | None = None) -> str:
-    """Format a time the way the client sends it: ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (UTC).
+    """Format a time the way the client sends it: ``YYYY-MM-DDTHH:MM:SSZ`` (UTC).
+
+    Whole seconds and ``Z``: the exact form of the documented examples
+    (``2024-01-01T12:00:00Z``), so a server strict about the documented forms accepts it
+    (docs/api-contract.md "Servers that read the docs differently"). Fractions are
+    truncated, as ``isoformat``'s ``timespec`` truncates.
 
     Args:
         when: an aware datetime (naive ones are taken as UTC); None means now.
@@ -69,13 +74,12 @@ def format_timestamp(when: datetime | None = None) -> str:
     elif when.tzinfo is not timezone.utc:
         when = when.astimezone(timezone.utc)
     # Every heartbeat's ack is stamped: the minute's text is made once, by isoformat (its
-    # fixed-width form), and only the seconds and milliseconds per call, in a third of
-    # isoformat's time. Milliseconds are truncated, as isoformat's timespec truncates.
+    # fixed-width form), and only the seconds per call, in a third of isoformat's time.
     key = (when.minute, when.hour, when.day, when.month, when.year)
     minute = _minute  # one read: another thread may replace it meanwhile
     if minute[0] != key:
         minute = _minute = (key, when.isoformat()[:17])
-    return f"{minute[1]}{when.second:02d}.{when.microsecond // 1000:03d}Z"
+    return f"{minute[1]}{when.second:02d}Z"
 
 
 # format_timestamp's cache: (minute, hour, day, month, year) and "YYYY-MM-DDTHH:MM:".
@@ -176,6 +180,7 @@ def encode_subscription_request(
     request_id: str,
     resume_from: int | None = None,
     now: datetime | None = None,
+    resume_as_string: bool = False,
 ) -> str:
     """Build a ``subscription.request`` frame (section 6).
 
@@ -187,6 +192,8 @@ def encode_subscription_request(
         resume_from: the last ``seq_id`` processed (signal subscriptions only); None or 0
             sends none.
         now: the time to stamp it with; None means now.
+        resume_as_string: send ``resume_from`` as a JSON string (``"98765"``, the docs'
+            field table) instead of a number (the docs' example, the default).
 
     Returns:
         The JSON text to send.
@@ -209,7 +216,7 @@ def encode_subscription_request(
         if action != "subscribe":
             raise ValueError("resume_from applies to subscribe requests only")
         if resume_from > 0:
-            payload["resume_from"] = resume_from
+            payload["resume_from"] = str(resume_from) if resume_as_string else resume_from
     return json.dumps(
         {
             "msg_type": SUBSCRIPTION_REQUEST,
@@ -222,21 +229,25 @@ def encode_subscription_request(
 
 
 def parse_message(text: str | bytes) -> Message:
-    """Turn one text frame into a typed message (sections 3-8).
+    """Turn one frame into a typed message (sections 3-8).
+
+    A binary frame (``bytes``) holding UTF-8 JSON is read exactly like a text frame: the
+    docs' own example client (``json.loads(await ws.recv())``) accepts both.
 
     Unknown ``msg_type``\\ s come back as :class:`Message`; unknown fields are kept in
     ``raw``. ``connection.connected`` and ``heartbeat`` come back as plain :class:`Message`.
 
     Args:
-        text: the frame's text.
+        text: the frame's text, or a binary frame's bytes.
 
     Returns:
         A :class:`Signal`, :class:`Positions`, :class:`Gap`, :class:`SubscriptionAck`,
         :class:`ErrorMessage` or :class:`Message`.
 
     Raises:
-        ProtocolError: the frame is not a JSON object with a string ``msg_type``, or a known
-            field needed to read it has the wrong type.
+        ProtocolError: the frame is not a JSON object with a string ``msg_type`` (bytes
+            that are not UTF-8 included), or a known field needed to read it has the wrong
+            type.
     """
     return _parse(text, _DECODE)
 
@@ -245,7 +256,12 @@ def _parse(text: str | bytes, decode: Callable[[str], Any]) -> Message:
     # parse_message with a chosen JSON decoder (c2sync/_decode.py): the seam that lets the
     # tests feed both paths the same input in one process.
     if not isinstance(text, str):
-        raise ProtocolError("binary frame: the protocol sends JSON text frames only")
+        if not isinstance(text, (bytes, bytearray, memoryview)):
+            raise ProtocolError(f"a frame is text or bytes, not {type(text).__name__}")
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError("binary frame is not UTF-8 text") from None
     obj = decode(text)
     if type(obj) is not ReadOnlyDict:
         raise ProtocolError(f"frame is a JSON {type(obj).__name__}, not an object")

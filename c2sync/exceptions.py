@@ -167,6 +167,8 @@ class ServerError(C2Error):
         request_id: the request it answers, or None.
         hint: what the client adds to the text (a refused ``Timestamp`` names the clock's
             measured skew, docs/api-contract.md "Clocks and proxies"), or None.
+        channel: the channel of the refused request, or None.
+        strategy_id: the strategy of the refused request, or None.
     """
 
     def __init__(
@@ -178,6 +180,8 @@ class ServerError(C2Error):
         errors: tuple[ErrorDetail, ...] = (),
         request_id: str | None = None,
         hint: str | None = None,
+        channel: str | None = None,
+        strategy_id: int | None = None,
     ) -> None:
         self.code = code
         self.field = field
@@ -185,6 +189,8 @@ class ServerError(C2Error):
         self.errors = errors
         self.request_id = request_id
         self.hint = hint
+        self.channel = channel
+        self.strategy_id = strategy_id
         text = f"{code}: {message}"
         if field:
             text += f" (field {field})"

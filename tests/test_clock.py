@@ -15,7 +15,7 @@ import pytest
 from c2sync import SIGNAL, ServerError
 from c2sync._clock import ClockSkew, is_timestamp_error
 from c2sync._protocol import ClientProtocol, RequestAnswered
-from c2sync.codec import format_timestamp, parse_message, parse_timestamp
+from c2sync.codec import parse_message, parse_timestamp
 from c2sync.messages import ErrorMessage
 
 STRATEGY = 12345678
@@ -33,8 +33,13 @@ class FakeWall:
 
 
 def frame(msg_type: str, at: datetime, **fields: Any) -> str:
-    return json.dumps({"msg_type": msg_type, "id": "msg_1", "timestamp": format_timestamp(at),
-                       "v": 4, **fields})
+    # The server's timestamps may carry fractions (the client's own never do).
+    return json.dumps({"msg_type": msg_type, "id": "msg_1", "timestamp": iso(at), "v": 4,
+                       **fields})
+
+
+def iso(at: datetime) -> str:
+    return at.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def protocol(wall: FakeWall, **options: Any) -> ClientProtocol:

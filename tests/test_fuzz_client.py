@@ -155,12 +155,13 @@ def _send(emulator: Emulator, frame: Frame) -> None:
 
 
 def _classify(frame: Frame) -> str:
-    """What the client must make of a frame: "malformed" (the parser rejects it, whatever
-    it raises), "parsed", or "poison" (a valid signal of STRATEGY, which legitimately moves
-    its seq_id watermark and is left out)."""
+    """What the client must make of a frame, text or binary: "malformed" (the parser
+    rejects it, whatever it raises), "parsed", or "poison" (a valid signal of STRATEGY,
+    which legitimately moves its seq_id watermark and is left out)."""
     kind, data = frame
-    if kind != "text":
+    if kind == "text-bytes":  # invalid UTF-8 in a text frame
         return "malformed"
+    # Text, or binary read like text (docs/api-contract.md "Receiving").
     try:
         message = c2sync.parse_message(data)
     except Exception:

@@ -35,13 +35,14 @@ from c2sync._protocol import (
     Malformed,
     ReplayRestarted,
     RequestAnswered,
+    SubscriptionRefused,
 )
 
 STRATEGY = 12345678
 OTHER = 87654321
 TIMEOUT = 40.0
 WALL = datetime(2024, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
-WALL_TEXT = "2024-01-01T12:00:00.000Z"
+WALL_TEXT = "2024-01-01T12:00:00Z"
 
 
 # Frames the server sends ---------------------------------------------------------------
@@ -262,11 +263,13 @@ def test_disarm_and_connection_lost_clear_the_deadline() -> None:
         "[1]",
         "42",
         '{"no_type": 1}',
-        b'{"msg_type":"heartbeat"}',
+        b'{"msg_type":"heartbeat"\xff}',
+        b"[1]",
         '{"msg_type":"x","payload":[]}',
         "[" * 100_000,
     ],
-    ids=["bad-json", "array", "number", "no-type", "binary", "payload", "deep"],
+    ids=["bad-json", "array", "number", "no-type", "binary-not-utf8", "binary-array", "payload",
+         "deep"],
 )
 def test_malformed_frame_after_connect_is_an_event(frame: str | bytes) -> None:
     """After connecting, a bad frame yields Malformed (a ProtocolError inside) and no raise."""
@@ -797,8 +800,12 @@ def test_refused_restore_drops_the_pair_and_tells_the_user() -> None:
     frames = reconnect(proto)
     signal_frame = next(f for f in frames if f["payload"]["channel"] == SIGNAL)
     events = proto.receive(error(signal_frame["request_id"]), 101.0)
-    (message,) = delivered(events)
-    assert isinstance(message, ErrorMessage) and message.code == "FORBIDDEN"
+    (refused,) = events
+    assert isinstance(refused, SubscriptionRefused)
+    assert (refused.channel, refused.strategy_id) == (SIGNAL, STRATEGY)
+    assert isinstance(refused.message, ErrorMessage) and refused.message.code == "FORBIDDEN"
+    assert isinstance(refused.error, ServerError) and refused.error.code == "FORBIDDEN"
+    assert (refused.error.channel, refused.error.strategy_id) == (SIGNAL, STRATEGY)
     assert proto.subscriptions == {(POSITIONS, STRATEGY)}
 
 
@@ -1075,3 +1082,220 @@ def test_memory_does_not_grow_with_invented_strategy_ids() -> None:
     finally:
         tracemalloc.stop()
     assert grown < 256 * 1024, f"{grown} bytes kept for 50k invented strategy ids"
+
+
+# Servers that read the docs differently (docs/api-contract.md) ---------------------------
+
+
+def refuse_resume_from(request_id: str | None, **payload: Any) -> str:
+    return error(
+        request_id,
+        **(payload or {"code": "INVALID_PARAMETER", "field": "ResumeFrom",
+                       "message": "resume_from must be a string"}),
+    )
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        {"code": "INVALID_PARAMETER", "field": "ResumeFrom", "message": "bad"},
+        {"code": "INVALID_PARAMETER", "field": "resume_from", "message": "bad"},
+        {"code": "MANDATORY_PARAM_EMPTY_OR_MALFORMED", "field": "RESUMEFROM", "message": "x"},
+        {"code": "UNKNOWN", "message": "Invalid resume_from value"},
+        {"code": "UNKNOWN", "message": "ResumeFrom is malformed"},
+        {"code": "INVALID_PARAMETER", "message": "bad request"},
+        {"errors": [{"code": "INVALID_PARAMETER", "field": "ResumeFrom", "message": "bad"}]},
+    ],
+    ids=["field", "field-snake", "field-upper", "message-snake", "message-camel",
+         "invalid-no-field", "errors-list"],
+)
+def test_resume_from_refused_as_a_number_goes_again_as_a_string(refusal: dict[str, Any]) -> None:
+    """A refusal naming resume_from sends the same request once more, resume_from as a JSON
+    string under a fresh request id; the caller's id gets the final answer, and the string
+    form is kept from then on."""
+    proto = connected(resume_points={STRATEGY: 50})
+    request_id, frame = proto.request("subscribe", SIGNAL, STRATEGY)
+    assert sent(frame)["payload"]["resume_from"] == 50
+    assert proto.receive(refuse_resume_from(request_id, **refusal), 1.0) == []
+    (retry,) = [sent(f) for f in proto.data_to_send()]
+    assert retry["payload"] == {"action": "subscribe", "channel": SIGNAL,
+                                "strategy_id": STRATEGY, "resume_from": "50"}
+    assert retry["request_id"] != request_id
+    events = proto.receive(ack(retry["request_id"]), 2.0)
+    assert [e.request_id for e in events if isinstance(e, RequestAnswered)] == [request_id]
+    assert proto.subscriptions == {(SIGNAL, STRATEGY)}
+    # The form that worked is kept: the next resume goes out as a string at once.
+    (restore,) = reconnect(proto)
+    assert restore["payload"]["resume_from"] == "50"
+
+
+def test_resume_from_retried_without_request_ids() -> None:
+    """The retry is matched when neither the refusal nor the ack echo a request_id."""
+    proto = connected(resume_points={STRATEGY: 50})
+    request_id, _ = proto.request("subscribe", SIGNAL, STRATEGY)
+    proto.receive(refuse_resume_from(None), 1.0)
+    (retry,) = [sent(f) for f in proto.data_to_send()]
+    assert retry["payload"]["resume_from"] == "50"
+    events = proto.receive(ack(None), 2.0)
+    assert [e.request_id for e in events if isinstance(e, RequestAnswered)] == [request_id]
+
+
+def test_resume_from_refused_in_both_forms_is_the_callers_error() -> None:
+    """Once only: refused as a string too, the caller gets that ServerError, and the next
+    request keeps the number (no form worked)."""
+    proto = connected(resume_points={STRATEGY: 50})
+    request_id, _ = proto.request("subscribe", SIGNAL, STRATEGY)
+    proto.receive(refuse_resume_from(request_id), 1.0)
+    (retry,) = [sent(f) for f in proto.data_to_send()]
+    events = proto.receive(refuse_resume_from(retry["request_id"], code="INVALID_PARAMETER",
+                                              field="ResumeFrom", message="still no"), 2.0)
+    (answer,) = events
+    assert isinstance(answer, RequestAnswered) and answer.request_id == request_id
+    assert isinstance(answer.error, ServerError) and answer.error.message == "still no"
+    assert answer.error.request_id == request_id
+    assert (answer.error.channel, answer.error.strategy_id) == (SIGNAL, STRATEGY)
+    assert proto.data_to_send() == []
+    _, again = proto.request("subscribe", SIGNAL, STRATEGY)
+    assert sent(again)["payload"]["resume_from"] == 50
+
+
+def test_other_refusals_are_not_retried() -> None:
+    """A refusal that does not name resume_from is the answer: nothing is sent again."""
+    proto = connected(resume_points={STRATEGY: 50})
+    request_id, _ = proto.request("subscribe", SIGNAL, STRATEGY)
+    (answer,) = proto.receive(error(request_id), 1.0)
+    assert isinstance(answer, RequestAnswered) and isinstance(answer.error, ServerError)
+    assert answer.error.code == "FORBIDDEN"
+    assert proto.data_to_send() == []
+
+
+def test_a_request_without_resume_from_is_never_retried() -> None:
+    """INVALID_PARAMETER with no field on a request that carried no resume_from is final."""
+    proto = connected()
+    request_id, frame = proto.request("subscribe", SIGNAL, STRATEGY)
+    assert "resume_from" not in sent(frame)["payload"]
+    (answer,) = proto.receive(refuse_resume_from(request_id, code="INVALID_PARAMETER",
+                                                 message="bad"), 1.0)
+    assert isinstance(answer.error, ServerError)
+    assert proto.data_to_send() == []
+
+
+def test_a_refused_restore_of_resume_from_is_retried_too() -> None:
+    """After a reconnect, a restore refused for resume_from's type goes again as a string,
+    and nothing is lost: the pair stays held."""
+    proto = connected()
+    subscribe(proto)
+    proto.receive(signal(7), 2.0)
+    (restore,) = reconnect(proto)
+    assert restore["payload"]["resume_from"] == 7
+    assert proto.receive(refuse_resume_from(restore["request_id"]), 101.0) == []
+    (retry,) = [sent(f) for f in proto.data_to_send()]
+    assert retry["payload"]["resume_from"] == "7"
+    assert proto.receive(ack(retry["request_id"]), 102.0) == []
+    assert proto.subscriptions == {(SIGNAL, STRATEGY)}
+    assert isinstance(proto.receive(signal(8), 103.0)[0], Deliver)
+
+
+def test_a_refused_timestamp_with_the_clock_in_sync_blames_the_form() -> None:
+    """A Timestamp refusal while the clock agrees with the server's (within 5 s) says the
+    form was refused and names the form sent; it does not ask to fix the clock."""
+    proto = connected()  # connection.connected stamped at WALL: offset 0
+    request_id, frame = proto.request("subscribe", SIGNAL, STRATEGY)
+    (answer,) = proto.receive(error(request_id, code="INVALID_PARAMETER", field="Timestamp",
+                                    message="Invalid timestamp"), 1.0)
+    text = str(answer.error)
+    assert "form" in text and repr(sent(frame)["timestamp"]) in text
+    assert "NTP" not in text and "off (" not in text
+
+
+def test_explicit_resume_on_a_new_pair_keeps_a_replay_sent_before_the_ack() -> None:
+    """A server that replays before acking: on a pair not held, what arrives before the ack
+    is the replay asked for, delivered and kept (the ack supersedes nothing)."""
+    proto = connected()
+    request_id, _ = proto.request("subscribe", SIGNAL, STRATEGY, 5)
+    restart = proto.take_restart()
+    assert restart == ReplayRestarted(STRATEGY, 5, 5)  # applied before the request goes
+    assert proto.take_restart() is None
+    replayed = [m.seq_id for seq in (6, 7, 8) for m in delivered(proto.receive(signal(seq), 1.0))]
+    assert replayed == [6, 7, 8]
+    events = proto.receive(ack(request_id), 2.0)
+    (count_only,) = [e for e in events if isinstance(e, ReplayRestarted)]
+    assert not count_only.purge
+    assert isinstance(proto.receive(signal(8), 3.0)[0], Duplicate)
+    assert [m.seq_id for m in delivered(proto.receive(signal(9), 3.0))] == [9]
+
+
+def test_explicit_resume_on_a_new_pair_with_the_replay_after_the_ack() -> None:
+    """The documented order on a pair not held: ack, then the replay, delivered once."""
+    proto = connected()
+    request_id, _ = proto.request("subscribe", SIGNAL, STRATEGY, 5)
+    proto.take_restart()
+    events = proto.receive(ack(request_id), 1.0)
+    assert all(e.purge is False for e in events if isinstance(e, ReplayRestarted))
+    got = [m.seq_id for seq in (6, 7, 6) for m in delivered(proto.receive(signal(seq), 2.0))]
+    assert got == [6, 7]
+
+
+def test_explicit_resume_on_a_held_pair_with_the_replay_before_the_ack() -> None:
+    """Healing a held stream from 5 when the replay comes before the ack: its first signal
+    restarts the stream then (what is queued above 5 is superseded), and the ack after it
+    supersedes nothing more."""
+    proto = connected()
+    subscribe(proto)
+    for seq in range(1, 11):
+        proto.receive(signal(seq), 2.0)
+    request_id, _ = proto.request("subscribe", SIGNAL, STRATEGY, 5)
+    assert proto.take_restart() is None  # held: the restart waits
+    first = proto.receive(signal(6), 3.0)
+    assert first[0] == ReplayRestarted(STRATEGY, 5, 10)
+    assert [m.seq_id for m in delivered(first)] == [6]
+    rest = [m.seq_id for seq in (7, 8, 9, 10) for m in delivered(proto.receive(signal(seq), 3.0))]
+    assert rest == [7, 8, 9, 10]
+    events = proto.receive(ack(request_id), 4.0)
+    assert not any(isinstance(e, ReplayRestarted) for e in events)
+    assert isinstance(proto.receive(signal(10), 5.0)[0], Duplicate)
+    assert [m.seq_id for m in delivered(proto.receive(signal(11), 5.0))] == [11]
+
+
+def test_explicit_resume_on_a_held_pair_live_before_the_ack_is_replayed_after_it() -> None:
+    """The documented order on a held pair: a live signal before the ack is superseded at
+    the ack, and the replay after it delivers 6.. once, in order."""
+    proto = connected()
+    subscribe(proto)
+    for seq in range(1, 11):
+        proto.receive(signal(seq), 2.0)
+    request_id, _ = proto.request("subscribe", SIGNAL, STRATEGY, 5)
+    assert [m.seq_id for m in delivered(proto.receive(signal(11), 3.0))] == [11]
+    events = proto.receive(ack(request_id), 4.0)
+    assert ReplayRestarted(STRATEGY, 5, 11) in events
+    got = [m.seq_id for seq in range(6, 13) for m in delivered(proto.receive(signal(seq), 5.0))]
+    assert got == [6, 7, 8, 9, 10, 11, 12]
+
+
+def test_a_lost_connection_forgets_a_pending_replay() -> None:
+    """A replay asked for on a connection that was lost is not looked for on the next one."""
+    proto = connected()
+    subscribe(proto)
+    for seq in range(1, 11):
+        proto.receive(signal(seq), 2.0)
+    proto.request("subscribe", SIGNAL, STRATEGY, 5)
+    reconnect(proto)
+    assert isinstance(proto.receive(signal(6), 101.0)[0], Duplicate)
+
+
+def test_explicit_resume_after_unsubscribing_replays_what_was_had_before() -> None:
+    """Subscribed, 1..10 received, unsubscribed; subscribing again from 5 with the replay
+    before the ack delivers 6..10 again (a replay the user asked for), then goes on."""
+    proto = connected()
+    subscribe(proto)
+    for seq in range(1, 11):
+        proto.receive(signal(seq), 2.0)
+    request_id, _ = proto.request("unsubscribe", SIGNAL, STRATEGY)
+    proto.receive(ack(request_id, action="unsubscribe"), 3.0)
+    assert proto.subscriptions == frozenset()
+    request_id, _ = proto.request("subscribe", SIGNAL, STRATEGY, 5)
+    assert proto.take_restart() == ReplayRestarted(STRATEGY, 5, 5)
+    got = [m.seq_id for seq in range(6, 12) for m in delivered(proto.receive(signal(seq), 4.0))]
+    assert got == [6, 7, 8, 9, 10, 11]
+    proto.receive(ack(request_id), 5.0)
+    assert [m.seq_id for m in delivered(proto.receive(signal(12), 6.0))] == [12]

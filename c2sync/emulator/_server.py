@@ -42,7 +42,6 @@ from .._spec import (
     SIGNAL,
     SUBSCRIPTION_ACK,
 )
-from ..codec import format_timestamp
 from ._gate import PATH, Gate, Refusal
 from ._payloads import positions_payload, signal_payload
 from ._records import ConnectionRecord, ReceivedFrame, SubscriptionRequestRecord
@@ -108,7 +107,9 @@ def new_frame(
     return encode_frame(
         msg_type,
         ident=ident or _new_id(),
-        timestamp=format_timestamp(now),
+        # Milliseconds, as a server may stamp (the client's own stamps are whole seconds,
+        # the documented form; it reads either).
+        timestamp=now.isoformat(timespec="milliseconds")[:23] + "Z",
         seq_id=seq_id,
         request_id=request_id,
         payload=payload,
