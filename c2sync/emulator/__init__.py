@@ -10,6 +10,11 @@ client's error handling::
         seq = emu.publish_signal(12345678)  # a generated payload; returns its seq_id
         emu.drop()                          # cut every connection without a close frame
 
+It can also read the points the public docs leave open the other plausible ways (binary
+frames, ``resume_from`` only as a string, ``seq_id`` numbered across strategies...), so code
+can be tested against each: ``Emulator(dialect={"frames": "binary"})``; :data:`DIALECTS`
+lists every point, its readings and its default.
+
 Run it from a shell with ``python -m c2sync.emulator --help``.
 """
 
@@ -24,6 +29,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     ) from exc
 
 from ._cli import main
+from ._dialect import DIALECTS, DialectPoint
 from ._emulator import Emulator
 from ._records import (
     ConnectionRecord,
@@ -33,7 +39,9 @@ from ._records import (
 )
 
 __all__ = [
+    "DIALECTS",
     "ConnectionRecord",
+    "DialectPoint",
     "Emulator",
     "HeartbeatRecord",
     "ReceivedFrame",
