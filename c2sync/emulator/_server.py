@@ -239,10 +239,10 @@ class _Session:
                 await asyncio.sleep(interval)
                 if self.stalled or self.pings_sent - self.pongs_received >= _MAX_UNANSWERED_PINGS:
                     continue
-                waiter = asyncio.ensure_future(await self.ws.ping())  # already a future
-                with cond:
+                with cond:  # counted first: a client may see the ping before ping() returns
                     self.pings_sent += 1
                     cond.notify_all()
+                waiter = asyncio.ensure_future(await self.ws.ping())  # already a future
                 waiter.add_done_callback(ponged)
         except ConnectionClosed:
             pass
