@@ -43,7 +43,7 @@ class DialectPoint:
     Attributes:
         default: the reading the emulator plays unless told otherwise (docs/protocol.md's).
         values: every reading allowed, for a point with a fixed list; empty for an integer
-            point (``v``, ``heartbeat_close_code``), whose allowed values :attr:`allowed`
+            point (``v``, ``heartbeat_close_code``), whose allowed values ``allowed``
             describes.
         allowed: the allowed values, in words (for error messages and ``--help``).
         doc: what the point is, and what each reading does.
