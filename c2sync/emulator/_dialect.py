@@ -180,14 +180,6 @@ class Dialect:
     pings: str = "off"
     heartbeat_close_code: int = CLOSE_NORMAL
 
-    def changes(self) -> dict[str, Value]:
-        """The points read otherwise than by default, name -> value."""
-        return {
-            name: getattr(self, name)
-            for name, point in DIALECTS.items()
-            if getattr(self, name) != point.default
-        }
-
 
 DEFAULT_DIALECT = Dialect()
 
