@@ -331,11 +331,11 @@ def test_envelope_v(make: Any) -> None:
 
 def emu_first_frame(emu: Emulator) -> str | bytes:
     """The first frame a new connection receives, as received."""
-    with websocket_client(emu) as ws:
+    with RawClient(emu) as ws:
         return ws.recv()
 
 
-class websocket_client:
+class RawClient:
     """websocket-client's raw connection to ``emu``, closed on exit."""
 
     def __init__(self, emu: Emulator) -> None:
@@ -383,7 +383,7 @@ def test_frames(make: Any, reading: str) -> None:
     holding UTF-8 JSON; a client's binary JSON frame is read too."""
     kind = bytes if reading == "binary" else str
     emu = make({"frames": reading}, heartbeat_interval=0.2, heartbeat_grace=5)
-    with websocket_client(emu) as raw:
+    with RawClient(emu) as raw:
         opcode, data = raw.recv_data()
         assert opcode == (websocket.ABNF.OPCODE_BINARY if kind is bytes else 1)
         assert json.loads(data.decode("utf-8"))["msg_type"] == "connection.connected"
@@ -477,7 +477,7 @@ def test_pings_on_sends_pings_counts_pongs_and_never_closes_for_missing_ones(
     """pings=on: WebSocket pings arrive (every half heartbeat interval); a client that does
     not answer them is not closed; the pongs it then sends are counted."""
     emu = make({"pings": "on"}, heartbeat_interval=0.2, heartbeat_grace=WAIT)
-    with websocket_client(emu) as raw:
+    with RawClient(emu) as raw:
         pings = 0
         while pings < 3:  # read raw frames: websocket-client answers none of these pings
             frame = raw.recv_frame()  # the grace outlasts the test: no acks needed
@@ -491,7 +491,7 @@ def test_pings_on_sends_pings_counts_pongs_and_never_closes_for_missing_ones(
 
 def test_pings_off_sends_none(make: Any) -> None:
     emu = make({"pings": "off"}, heartbeat_interval=0.2, heartbeat_grace=WAIT)
-    with websocket_client(emu) as raw:
+    with RawClient(emu) as raw:
         beats = 0
         while beats < 3:
             frame = raw.recv_frame()
