@@ -29,7 +29,7 @@ KEY = "rules-key"
 STRATEGY = 12345678
 NOW = datetime(2024, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 NOW_UTC = NOW.timestamp()
-RULES_MODULES = ["_gate", "_rules"]
+RULES_MODULES = ["_dialect", "_gate", "_rules"]
 # The pure core's forbidden set, plus asyncio, ssl and the emulator's I/O siblings.
 FORBIDDEN = {"socket", "ssl", "asyncio", "threading", "_thread", "time", "websocket", "websockets"}
 

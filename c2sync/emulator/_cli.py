@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .._spec import HEARTBEAT_GRACE, HEARTBEAT_INTERVAL
+from ._dialect import DIALECTS, Value, parse_dialect_option
 from ._emulator import Emulator
 
 __all__ = ["main"]
@@ -57,11 +58,28 @@ def _positive(text: str) -> float:
     return value
 
 
+def _dialect(text: str) -> tuple[str, Value]:
+    try:
+        return parse_dialect_option(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _dialects_help() -> str:
+    lines = [
+        f"  {name}={point.allowed} (default {point.default})"
+        for name, point in DIALECTS.items()
+    ]
+    return "dialects (--dialect NAME=VALUE):\n" + "\n".join(lines)
+
+
 def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Run a local Collective2 API v4 WebSocket emulator until Ctrl-C.",
-        epilog="exit status: 130 after Ctrl-C, 143 after SIGTERM, 1 if it could not start",
+        epilog=f"{_dialects_help()}\n\n"
+        "exit status: 130 after Ctrl-C, 143 after SIGTERM, 1 if it could not start",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="TCP port, 0 for any (8765)")
@@ -100,6 +118,15 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"grace after a missed ack before closing ({HEARTBEAT_GRACE:g})",
     )
+    parser.add_argument(
+        "--dialect",
+        action="append",
+        dest="dialect",
+        type=_dialect,
+        default=[],
+        metavar="NAME=VALUE",
+        help="read an open point of the docs another way; repeatable (the list is below)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log connections")
     return parser
 
@@ -133,6 +160,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m c2sync.emulat
             heartbeat_grace=args.heartbeat_grace,
             host=args.host,
             port=args.port,
+            dialect=dict(args.dialect),
         )
         emulator.start()
     except (OSError, ValueError, RuntimeError, TimeoutError) as exc:
@@ -155,6 +183,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m c2sync.emulat
             file=sys.stderr,
             flush=True,
         )
+        if args.dialect:
+            chosen = ", ".join(f"{name}={value}" for name, value in args.dialect)
+            print(f"dialect: {chosen}", file=sys.stderr, flush=True)
         with _stop_on_signals():
             if args.signal_every is None:
                 stop.wait()

@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import attrs
+
 from .._spec import (
     HEARTBEAT_GRACE,
     HEARTBEAT_INTERVAL,
@@ -25,6 +27,7 @@ from .._spec import (
     TIMESTAMP_WINDOW,
 )
 from ..codec import validate_strategy_id
+from ._dialect import Dialect, parse_dialect
 from ._knobs import FaultKnobs
 from ._records import ConnectionRecord
 from ._server import EmulatorServer
@@ -165,6 +168,7 @@ class Emulator(FaultKnobs):
         echo_request_id_on_error: bool = True,
         timestamp_window: float = TIMESTAMP_WINDOW,
         clock_offset: float = 0.0,
+        dialect: Mapping[str, str | int] | None = None,
     ) -> None:
         """Configure the emulator; nothing listens until :meth:`start`.
 
@@ -189,11 +193,17 @@ class Emulator(FaultKnobs):
             clock_offset: seconds the emulator's clock runs ahead of this machine's
                 (negative: behind). Its timestamps and its timestamp window use that
                 clock, so a test can play a client whose clock is off by as much.
+            dialect: how to read the points the public docs leave open, NAME -> VALUE (for
+                example ``{"frames": "binary", "resume_from": "string"}``); every name, its
+                values and its default are in :data:`c2sync.emulator.DIALECTS`. None or
+                ``{}``: docs/protocol.md's reading throughout.
 
         Raises:
-            ValueError: a limit or interval is out of range, or a strategy id is not a
-                positive int.
+            ValueError: a limit or interval is out of range, a strategy id is not a
+                positive int, or a dialect name or value is unknown (the message lists the
+                allowed ones).
         """
+        chosen = parse_dialect(dialect)
         if isinstance(api_keys, str):
             raise TypeError("api_keys is a collection of keys, not one string")
         if heartbeat_interval <= 0 or heartbeat_grace < 0:
@@ -214,6 +224,7 @@ class Emulator(FaultKnobs):
             max_subscriptions=max_subscriptions,
             timestamp_window=timestamp_window,
             clock_offset=float(clock_offset),
+            dialect=chosen,
         )
         self._server = EmulatorServer(settings, echo_request_id=echo_request_id_on_error)
         self._runner = _LoopThread()
@@ -280,6 +291,12 @@ class Emulator(FaultKnobs):
     @echo_request_id_on_error.setter
     def echo_request_id_on_error(self, value: bool) -> None:
         self._server.echo_request_id = bool(value)
+
+    @property
+    def dialect(self) -> dict[str, str | int]:
+        """Every dialect point and the reading this emulator plays, NAME -> VALUE."""
+        chosen: Dialect = self._server.settings.dialect
+        return attrs.asdict(chosen)
 
     @property
     def open_connections(self) -> int:

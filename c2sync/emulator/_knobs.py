@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from .._spec import CLOSE_NORMAL, CLOSE_POLICY_VIOLATION
+from ..codec import validate_strategy_id
 from ._gate import forced_refusal
 from ._server import EmulatorServer, check_close
 
@@ -127,6 +128,30 @@ class FaultKnobs:
         sending nothing before (section 2's race: 1008 and no ``error`` message)."""
         check_close(code, reason)
         self._call(lambda: self._server.accept_then_close(code, reason, count))
+
+    def forbid(self, strategy_id: int) -> None:
+        """From now on, refuse subscriptions to the strategy, on both channels, as the docs
+        show: an ``error`` with code ``FORBIDDEN``, field ``StrategyId``, message ``Not
+        authorized to subscribe to Strategy`` (section 6).
+
+        Subscriptions held already stay; a reconnecting client's resubscription is refused.
+        Unsubscribing is still acked.
+
+        Raises:
+            ValueError: the strategy id is not a positive int.
+        """
+        validate_strategy_id(strategy_id)
+        self._call(lambda: self._server.forbid(strategy_id, True))
+
+    def allow(self, strategy_id: int) -> None:
+        """Undo :meth:`forbid`: subscriptions to the strategy are accepted again (when it is
+        one of the emulator's ``strategies``).
+
+        Raises:
+            ValueError: the strategy id is not a positive int.
+        """
+        validate_strategy_id(strategy_id)
+        self._call(lambda: self._server.forbid(strategy_id, False))
 
     def override_first_message(self, frame: str | bytes | None, count: int = 1) -> None:
         """Open the next ``count`` connections with ``frame`` instead of

@@ -112,6 +112,9 @@ class ConnectionRecord:
         subscription_requests: every ``subscription.request`` received, in order.
         subscriptions: the (channel, strategy_id) pairs subscribed at the time of the
             snapshot.
+        pings_sent: WebSocket pings the emulator sent (dialect ``pings=on``; else 0).
+        pongs_received: pings the client answered with a pong (websockets counts a pong
+            as answering every earlier ping too).
     """
 
     index: int
@@ -127,6 +130,8 @@ class ConnectionRecord:
     heartbeats: tuple[HeartbeatRecord, ...]
     subscription_requests: tuple[SubscriptionRequestRecord, ...]
     subscriptions: frozenset[tuple[str, int]]
+    pings_sent: int = 0
+    pongs_received: int = 0
 
     @property
     def is_open(self) -> bool:

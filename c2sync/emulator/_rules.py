@@ -27,12 +27,12 @@ from .._spec import (
     HEARTBEAT_ACK,
     MAX_REQUEST_ID_LENGTH,
     POSITIONS,
-    PROTOCOL_VERSION,
     SIGNAL,
     SUBSCRIBE,
     SUBSCRIPTION_REQUEST,
 )
 from ..codec import parse_timestamp, validate_channel, validate_strategy_id
+from ._dialect import DEFAULT_DIALECT, Dialect, extra_fields, strict_timestamp_ok
 from ._records import HeartbeatRecord, SubscriptionRequestRecord
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "Replay",
     "SignalLog",
     "SubscriptionVerdict",
+    "answer_order",
     "check_subscription",
     "detail",
     "encode_frame",
@@ -51,6 +52,7 @@ __all__ = [
     "gap_payload",
     "parse_resume_from",
     "read_frame",
+    "resume_from_problem",
     "timestamp_problem",
 ]
 
@@ -69,9 +71,12 @@ def detail(field: str | None, message: str, code: str = CODE_INVALID_PARAMETER) 
     return item
 
 
-def error_payload(problems: Sequence[Detail]) -> Detail:
-    """Section 8: one problem flat in the payload, several as ``payload.errors``."""
-    return dict(problems[0]) if len(problems) == 1 else {"errors": list(problems)}
+def error_payload(problems: Sequence[Detail], dialect: Dialect = DEFAULT_DIALECT) -> Detail:
+    """Section 8: one problem flat in the payload, several as ``payload.errors``; always
+    ``payload.errors`` under ``errors=list``."""
+    if len(problems) == 1 and dialect.errors == "flat":
+        return dict(problems[0])
+    return {"errors": [dict(problem) for problem in problems]}
 
 
 def encode_frame(
@@ -82,22 +87,26 @@ def encode_frame(
     seq_id: int | None = None,
     request_id: str | None = None,
     payload: Mapping[str, Any] | None = None,
+    dialect: Dialect = DEFAULT_DIALECT,
 ) -> str:
     """The server envelope (section 3): no ``seq_id``, ``request_id`` or ``payload`` where
-    there is none.
+    there is none; the dialect's ``v``, and its extra fields in the envelope and payload.
 
     Raises:
         TypeError: the payload is not JSON-serialisable.
     """
+    extra = dialect.extra_fields == "present"
     obj: dict[str, Any] = {"msg_type": msg_type, "id": ident}
     if seq_id is not None:
         obj["seq_id"] = seq_id
     if request_id is not None:
         obj["request_id"] = request_id
     obj["timestamp"] = timestamp
-    obj["v"] = PROTOCOL_VERSION
+    obj["v"] = dialect.v
+    if extra:
+        obj.update(extra_fields("envelope"))
     if payload is not None:
-        obj["payload"] = payload
+        obj["payload"] = {**payload, **extra_fields("payload")} if extra else payload
     return json.dumps(obj, separators=(",", ":"))
 
 
@@ -122,13 +131,17 @@ class Incoming:
     request_id: Any = None
 
 
-def read_frame(data: str | bytes) -> Incoming:
-    """Parse a client frame and decide whether the server acts on it or answers an error."""
-    if isinstance(data, bytes):  # section 3: JSON in text frames only
+def read_frame(data: str | bytes, dialect: Dialect = DEFAULT_DIALECT) -> Incoming:
+    """Parse a client frame and decide whether the server acts on it or answers an error.
+
+    Binary frames are refused (section 3: JSON in text frames), but read as UTF-8 JSON
+    under ``frames=binary``.
+    """
+    if isinstance(data, bytes) and dialect.frames != "binary":
         return Incoming(None, problem=detail(None, "Binary frames are not supported"))
     try:
         message: Any = json.loads(data)
-    except (ValueError, RecursionError):  # bad JSON, or nested too deep
+    except (ValueError, RecursionError):  # bad JSON or UTF-8, or nested too deep
         message = None
     msg_type = message.get("msg_type") if isinstance(message, dict) else None
     if not isinstance(message, dict) or not isinstance(msg_type, str):
@@ -140,17 +153,24 @@ def read_frame(data: str | bytes) -> Incoming:
     return Incoming(message, problem=problem, request_id=message.get("request_id"))
 
 
-def timestamp_problem(value: object, now_utc: float, window: float) -> Detail | None:
+def timestamp_problem(
+    value: object, now_utc: float, window: float, dialect: Dialect = DEFAULT_DIALECT
+) -> Detail | None:
     """Section 3: a client ``timestamp`` more than ``window`` seconds away from UTC is
-    refused, as is a missing or unreadable one.
+    refused, as is a missing or unreadable one; under ``timestamps=strict``, so is any form
+    but the two documented ones.
 
     Args:
         value: the message's ``timestamp`` field.
         now_utc: the current UTC time, POSIX seconds.
         window: the seconds allowed either way.
+        dialect: the emulator's dialect (its ``timestamps``).
     """
     if not isinstance(value, str):
         return detail("Timestamp", "Timestamp is required")
+    if dialect.timestamps == "strict" and not strict_timestamp_ok(value):
+        text = "Timestamp format is invalid: expected 2024-01-01T12:00:00Z"
+        return detail("Timestamp", text)
     try:
         when = parse_timestamp(value)
     except (ValueError, OverflowError):  # OverflowError: at the datetime range's edges
@@ -169,6 +189,18 @@ def parse_resume_from(value: object) -> int | None:
         return value
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 20:
         return int(value)  # bounded: int() refuses very long digit strings
+    return None
+
+
+def resume_from_problem(value: object, dialect: Dialect = DEFAULT_DIALECT) -> Detail | None:
+    """Why ``resume_from`` is refused, or None: not a non-negative integer (section 6), or
+    of a JSON type the dialect's ``resume_from`` does not accept."""
+    if parse_resume_from(value) is None:
+        return detail("ResumeFrom", "resume_from must be a non-negative integer")
+    if dialect.resume_from == "number" and isinstance(value, str):
+        return detail("ResumeFrom", "resume_from must be a number, not a string")
+    if dialect.resume_from == "string" and not isinstance(value, str):
+        return detail("ResumeFrom", "resume_from must be a string, not a number")
     return None
 
 
@@ -223,8 +255,11 @@ class SubscriptionVerdict:
         else:
             subscriptions.discard(pair)
 
-    def ack_payload(self) -> dict[str, Any]:
-        """The ``subscription.ack`` payload: the request echoed [assumed]."""
+    def ack_payload(self, dialect: Dialect = DEFAULT_DIALECT) -> dict[str, Any] | None:
+        """The ``subscription.ack`` payload: the request echoed [assumed]; ``{}`` or None
+        (no payload) under ``ack_payload=empty`` or ``absent``."""
+        if dialect.ack_payload != "echo":
+            return {} if dialect.ack_payload == "empty" else None
         ack: dict[str, Any] = {
             "action": self.action,
             "channel": self.channel,
@@ -243,6 +278,7 @@ def check_subscription(
     strategies: Set[int],
     subscribed: Set[Pair],
     max_subscriptions: int,
+    dialect: Dialect = DEFAULT_DIALECT,
 ) -> SubscriptionVerdict:
     """Validate and authorise a ``subscription.request`` (sections 3 and 6).
 
@@ -253,6 +289,7 @@ def check_subscription(
         strategies: the strategies a key may subscribe to; others are ``FORBIDDEN``.
         subscribed: the connection's subscriptions now.
         max_subscriptions: the most pairs one connection may hold.
+        dialect: the emulator's dialect (its ``timestamps`` and ``resume_from``).
     """
     request_id = message.get("request_id")
     payload = message.get("payload")
@@ -261,7 +298,7 @@ def check_subscription(
     strategy_id, raw_resume = body.get("strategy_id"), body.get("resume_from")
 
     problems: list[Detail] = []
-    stamp_problem = timestamp_problem(message.get("timestamp"), now_utc, window)
+    stamp_problem = timestamp_problem(message.get("timestamp"), now_utc, window, dialect)
     if stamp_problem is not None:
         problems.append(stamp_problem)
     if request_id is not None and not (
@@ -283,8 +320,9 @@ def check_subscription(
         except ValueError:
             problems.append(detail("StrategyId", "strategy_id must be a positive integer"))
     resume_from = None if raw_resume is None else parse_resume_from(raw_resume)
-    if raw_resume is not None and resume_from is None:
-        problems.append(detail("ResumeFrom", "resume_from must be a non-negative integer"))
+    resume_problem = None if raw_resume is None else resume_from_problem(raw_resume, dialect)
+    if resume_problem is not None:
+        problems.append(resume_problem)
     elif raw_resume is not None and channel == POSITIONS:
         problems.append(detail("ResumeFrom", "resume_from applies to strategy.signal only"))
 
@@ -300,9 +338,23 @@ def check_subscription(
     )
 
 
-def error_request_id(request_id: object, echo: bool) -> str | None:
-    """The ``request_id`` an ``error`` carries: the request's when echoing and a string."""
+def error_request_id(
+    request_id: object, echo: bool, dialect: Dialect = DEFAULT_DIALECT
+) -> str | None:
+    """The ``request_id`` an ``error`` or ``subscription.ack`` carries: the request's when
+    echoing and a string; none under ``ack_request_id=absent``."""
+    echo = echo and dialect.ack_request_id == "echo"
     return request_id if echo and isinstance(request_id, str) else None
+
+
+def answer_order(
+    ack: str, replayed: Sequence[str], dialect: Dialect = DEFAULT_DIALECT
+) -> list[str]:
+    """The frames answering a subscription, in order: the ack, then what a resume replays
+    (section 7), or the replay first under ``replay=before_ack``."""
+    if dialect.replay == "before_ack":
+        return [*replayed, ack]
+    return [ack, *replayed]
 
 
 # -- heartbeats (section 5) ----------------------------------------------------------------
@@ -365,27 +417,36 @@ class Replay:
     gap: dict[str, Any] | None = None
 
 
-def gap_payload(strategy_id: int, after: int, message: str) -> dict[str, Any]:
-    """Section 7's ``gap`` payload: null ``strategy_id``, ``from`` as a string."""
+def gap_payload(
+    strategy_id: int, after: int, message: str, dialect: Dialect = DEFAULT_DIALECT
+) -> dict[str, Any]:
+    """Section 7's ``gap`` payload: null ``strategy_id``, ``from`` as a string (a number
+    under ``gap_from=number``)."""
     return {
         "strategy_id": None,
         "channel": f"{SIGNAL}:{strategy_id}",
-        "from": str(after),
+        "from": after if dialect.gap_from == "number" else str(after),
         "message": message,
     }
 
 
 @attrs.define
 class SignalLog:
-    """Each strategy's ``seq_id`` counter and its last ``replay_size`` signal frames.
+    """The ``seq_id`` counters and each strategy's last ``replay_size`` signal frames.
 
-    ``seq_id`` starts at 1 and grows by one per signal, per strategy [assumed].
+    ``seq_id`` starts at 1 and grows by one per signal, per strategy [assumed]; under
+    ``seq_scope=global`` one counter numbers every strategy's signals, so a strategy's own
+    ``seq_id`` values jump. Positions get their own counter per strategy (``positions_seq``).
     """
 
     replay_size: int
     max_replay: int
+    dialect: Dialect = DEFAULT_DIALECT
     _seq: dict[int, int] = attrs.field(init=False, factory=dict)
+    _counter: int = attrs.field(init=False, default=0)  # seq_scope=global: the last seq_id
+    _positions: dict[int, int] = attrs.field(init=False, factory=dict)
     _kept: dict[int, collections.deque[tuple[int, str]]] = attrs.field(init=False, factory=dict)
+    _evicted: dict[int, int] = attrs.field(init=False, factory=dict)  # last seq_id let go
 
     def last_seq(self, strategy_id: int) -> int:
         """The latest ``seq_id`` of the strategy, 0 before its first signal. One dict read,
@@ -394,28 +455,47 @@ class SignalLog:
 
     def next_seq(self, strategy_id: int) -> int:
         """The ``seq_id`` the strategy's next signal gets; taken only by :meth:`append`."""
+        if self.dialect.seq_scope == "global":
+            return self._counter + 1
         return self._seq.get(strategy_id, 0) + 1
+
+    def positions_seq(self, strategy_id: int) -> int | None:
+        """The ``seq_id`` of the strategy's next positions message: None (section 4: none),
+        or 1, 2, ... taken from its own counter under ``positions_seq=present``."""
+        if self.dialect.positions_seq != "present":
+            return None
+        seq = self._positions[strategy_id] = self._positions.get(strategy_id, 0) + 1
+        return seq
 
     def append(self, strategy_id: int, seq_id: int, frame: str) -> None:
         """Keep a published signal (``seq_id`` from :meth:`next_seq`) for replay."""
         if seq_id != self.next_seq(strategy_id):
             raise ValueError(f"seq_id {seq_id} out of order for strategy {strategy_id}")
-        self._seq[strategy_id] = seq_id
+        self._seq[strategy_id] = self._counter = seq_id
         kept = self._kept.setdefault(strategy_id, collections.deque(maxlen=self.replay_size))
+        if len(kept) == kept.maxlen:
+            self._evicted[strategy_id] = kept[0][0]
         kept.append((seq_id, frame))
 
     def replay(self, strategy_id: int, after: int) -> Replay:
         """Section 7: every kept signal above ``after``, at most ``max_replay``, then a
-        ``gap`` when more were missed than that or the log no longer holds ``after + 1``."""
-        missed = self.last_seq(strategy_id) - after
-        if missed <= 0:
+        ``gap`` when more were missed than that or the log no longer holds them all.
+
+        Under ``seq_scope=global`` the log cannot count the missed signals it let go: one
+        or more, it says the buffer no longer holds them unless those it kept exceed the
+        limit.
+        """
+        if self.last_seq(strategy_id) <= after:
             return Replay()
         kept = [(seq, frame) for seq, frame in self._kept.get(strategy_id, ()) if seq > after]
         frames = tuple(frame for _, frame in kept[: self.max_replay])
-        if missed > self.max_replay:
+        lost = max(0, self._evicted.get(strategy_id, 0) - after)  # let go: per-strategy count
+        if lost and self.dialect.seq_scope == "global":
+            lost = 1  # at least one; the log cannot tell how many
+        if len(kept) + lost > self.max_replay:
             text = f"Replay limit of {self.max_replay} messages exceeded"
-        elif not kept or kept[0][0] != after + 1:
+        elif lost:
             text = "Replay buffer no longer holds the missed messages"
         else:
             return Replay(frames)
-        return Replay(frames, gap_payload(strategy_id, after, text))
+        return Replay(frames, gap_payload(strategy_id, after, text, self.dialect))

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 import attrs
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -32,7 +32,6 @@ from websockets.http11 import Request, Response
 
 from .._spec import (
     AUTH_HEADER,
-    CLOSE_NORMAL,
     CONNECTED,
     ERROR,
     GAP,
@@ -42,6 +41,7 @@ from .._spec import (
     SIGNAL,
     SUBSCRIPTION_ACK,
 )
+from ._dialect import DEFAULT_DIALECT, Dialect, ping_interval, wire_form
 from ._gate import PATH, Gate, Refusal
 from ._payloads import positions_payload, signal_payload
 from ._records import ConnectionRecord, ReceivedFrame, SubscriptionRequestRecord
@@ -49,6 +49,7 @@ from ._rules import (
     Detail,
     Heartbeats,
     SignalLog,
+    answer_order,
     check_subscription,
     encode_frame,
     error_payload,
@@ -64,6 +65,10 @@ _log = logging.getLogger("c2sync.emulator")
 
 _JOIN_TIMEOUT = 5.0
 _CLOSE_HANDSHAKE_TIMEOUT = 1.0  # a client that never answers a close frame is cut off after this
+# pings=on: pings go every half heartbeat interval, but not while this many are unanswered
+# (websockets keeps a waiter per ping until a pong comes).
+_MAX_UNANSWERED_PINGS = 64
+HEARTBEAT_TIMEOUT_REASON = "heartbeat timeout"
 
 if TYPE_CHECKING:
     _AdapterBase = logging.LoggerAdapter[logging.Logger]
@@ -80,11 +85,22 @@ class _NoDebugLogger(_AdapterBase):
 
 
 @attrs.frozen
+class _Raw:
+    """A frame a fault knob sends as given: text for ``str``, binary for ``bytes``, whatever
+    the dialect's ``frames``."""
+
+    data: str | bytes
+
+
+_Item = Union[str, _Raw, Close]  # a connection's queue: server frames, raw frames, the end
+
+
+@attrs.frozen
 class _AfterUpgrade:
     """What the next connections do right after the upgrade instead of the usual."""
 
     close: Close | None = None  # accept-then-close (section 2's race)
-    first: str | bytes | None = None  # the first frame instead of connection.connected
+    first: _Raw | None = None  # the first frame instead of connection.connected
     silent: bool = False  # no first frame at all
 
 
@@ -100,9 +116,10 @@ def new_frame(
     request_id: str | None = None,
     payload: Mapping[str, Any] | None = None,
     clock_offset: float = 0.0,
+    dialect: Dialect = DEFAULT_DIALECT,
 ) -> str:
     """A server frame stamped now (on a clock ``clock_offset`` seconds ahead of this
-    machine's), with a fresh id unless given (see ``encode_frame``)."""
+    machine's), with a fresh id unless given, in ``dialect`` (see ``encode_frame``)."""
     now = datetime.now(timezone.utc) + timedelta(seconds=clock_offset)
     return encode_frame(
         msg_type,
@@ -113,6 +130,7 @@ def new_frame(
         seq_id=seq_id,
         request_id=request_id,
         payload=payload,
+        dialect=dialect,
     )
 
 
@@ -138,7 +156,8 @@ class _Session:
     opened_at: float
     heartbeats: Heartbeats
     clock_offset: float  # seconds the emulator's clock runs ahead (Settings.clock_offset)
-    queue: asyncio.Queue[str | bytes | Close] = attrs.field(factory=asyncio.Queue)  # Close: last
+    dialect: Dialect = DEFAULT_DIALECT
+    queue: asyncio.Queue[_Item] = attrs.field(factory=asyncio.Queue)  # Close: last
     running: asyncio.Event = attrs.field(factory=asyncio.Event)  # clear while stalled
     subscriptions: set[tuple[str, int]] = attrs.field(factory=set)
     frames: list[ReceivedFrame] = attrs.field(factory=list)
@@ -147,6 +166,8 @@ class _Session:
     tasks: list[asyncio.Task[None]] = attrs.field(factory=list)
     closer: asyncio.Task[None] | None = None  # the heartbeat-timeout close
     closed_at: float | None = None
+    pings_sent: int = 0
+    pongs_received: int = 0
 
     @property
     def stalled(self) -> bool:
@@ -170,6 +191,8 @@ class _Session:
             heartbeats=self.heartbeats.records,
             subscription_requests=tuple(self.requests),
             subscriptions=frozenset(self.subscriptions),
+            pings_sent=self.pings_sent,
+            pongs_received=self.pongs_received,
         )
 
     async def write(self) -> None:
@@ -181,7 +204,8 @@ class _Session:
                 if isinstance(item, Close):
                     await self.ws.close(item.code, item.reason)
                     return
-                await self.ws.send(item)
+                data = item.data if isinstance(item, _Raw) else wire_form(item, self.dialect)
+                await self.ws.send(data)
         except ConnectionClosed:
             pass
 
@@ -196,8 +220,33 @@ class _Session:
                 with cond:
                     self.heartbeats.sent(ident, time.monotonic())
                     cond.notify_all()
-                frame = new_frame(HEARTBEAT, ident=ident, clock_offset=self.clock_offset)
+                frame = new_frame(
+                    HEARTBEAT, ident=ident, clock_offset=self.clock_offset, dialect=self.dialect
+                )
                 self.queue.put_nowait(frame)
+
+    async def ping(self, interval: float, cond: threading.Condition) -> None:
+        """Send a WebSocket ping every interval (dialect ``pings=on``), unless stalled or
+        too many are unanswered, and count the pongs; a missing pong closes nothing."""
+
+        def ponged(waiter: asyncio.Future[Any]) -> None:
+            if not waiter.cancelled() and waiter.exception() is None:
+                with cond:
+                    self.pongs_received += 1
+                    cond.notify_all()
+
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                if self.stalled or self.pings_sent - self.pongs_received >= _MAX_UNANSWERED_PINGS:
+                    continue
+                with cond:  # counted first: a client may see the ping before ping() returns
+                    self.pings_sent += 1
+                    cond.notify_all()
+                waiter = asyncio.ensure_future(await self.ws.ping())  # already a future
+                waiter.add_done_callback(ponged)
+        except ConnectionClosed:
+            pass
 
     def arm_deadline(self, enforced: bool) -> None:
         """(Re)start the ack deadline from now (section 5), unless the rules suspend it:
@@ -222,7 +271,8 @@ class _Session:
             self.heartbeats.timeout,
         )
         # Directly, not through the queue: a real server does not wait for pending frames.
-        self.closer = asyncio.create_task(self.ws.close(CLOSE_NORMAL, "heartbeat timeout"))
+        code = self.dialect.heartbeat_close_code
+        self.closer = asyncio.create_task(self.ws.close(code, HEARTBEAT_TIMEOUT_REASON))
 
 
 class EmulatorServer:
@@ -235,7 +285,8 @@ class EmulatorServer:
         self.echo_request_id = echo_request_id  # a plain bool, settable from any thread
         self.url: str | None = None
         self.closing = False  # set from any thread before the stop request
-        self.log = SignalLog(settings.replay_size, settings.max_replay)
+        self.dialect = settings.dialect
+        self.log = SignalLog(settings.replay_size, settings.max_replay, settings.dialect)
         self._rng = random.Random()
 
         # Shared with test threads: guarded by cond (notified on every change).
@@ -249,6 +300,7 @@ class EmulatorServer:
         self._gate = Gate(settings.api_keys, settings.max_connections_per_key)
         self._after_upgrade: collections.deque[_AfterUpgrade] = collections.deque()
         self._heartbeats_on = True
+        self.forbidden: frozenset[int] = frozenset()  # forbid()/allow()
         self._stop: asyncio.Future[None] | None = None
 
     # -- serving ----------------------------------------------------------------------
@@ -336,6 +388,7 @@ class EmulatorServer:
                 time.monotonic(),
                 Heartbeats(self.settings.heartbeat_timeout),
                 self.settings.clock_offset,
+                self.dialect,
             )
             self.sessions.append(session)
             self.cond.notify_all()
@@ -355,6 +408,9 @@ class EmulatorServer:
             beating = lambda: self._heartbeats_on  # noqa: E731 (read at each beat)
             beat = session.beat(self.settings.heartbeat_interval, self.cond, beating)
             session.tasks.append(asyncio.create_task(beat))
+            pings = ping_interval(self.settings.heartbeat_interval, self.dialect)
+            if pings is not None:
+                session.tasks.append(asyncio.create_task(session.ping(pings, self.cond)))
             self._arm_deadline(session)
             while True:
                 data = await ws.recv()
@@ -383,7 +439,7 @@ class EmulatorServer:
     # -- frames from the client ---------------------------------------------------------
 
     def _on_frame(self, session: _Session, data: str | bytes) -> None:
-        incoming = read_frame(data)
+        incoming = read_frame(data, self.dialect)
         with self.cond:
             session.frames.append(ReceivedFrame(time.monotonic(), data, incoming.message))
             self.cond.notify_all()
@@ -396,7 +452,9 @@ class EmulatorServer:
 
     def _on_ack(self, session: _Session, message: Mapping[str, Any]) -> None:
         window = self.settings.timestamp_window
-        problem = timestamp_problem(message.get("timestamp"), self._now_utc(), window)
+        problem = timestamp_problem(
+            message.get("timestamp"), self._now_utc(), window, self.dialect
+        )
         if problem is not None:  # not counted: the deadline keeps running
             self._error(session, message.get("request_id"), [problem])
             return
@@ -406,14 +464,16 @@ class EmulatorServer:
         self._arm_deadline(session)
 
     def _on_subscription(self, session: _Session, message: Mapping[str, Any]) -> None:
-        """Section 6: the rules decide; record, apply, ack; then replay on resume (7)."""
+        """Section 6: the rules decide; record, apply, ack; then replay on resume (7), or
+        replay then ack under ``replay=before_ack``."""
         verdict = check_subscription(
             message,
             now_utc=self._now_utc(),
             window=self.settings.timestamp_window,
-            strategies=self.settings.strategies,
+            strategies=self.settings.strategies - self.forbidden,
             subscribed=session.subscriptions,
             max_subscriptions=self.settings.max_subscriptions,
+            dialect=self.dialect,
         )
         with self.cond:
             session.requests.append(verdict.record(time.monotonic()))
@@ -423,21 +483,24 @@ class EmulatorServer:
             self._error(session, verdict.request_id, verdict.problems)
             return
         ack = self._new_frame(
-            SUBSCRIPTION_ACK, request_id=verdict.request_id, payload=verdict.ack_payload()
+            SUBSCRIPTION_ACK,
+            request_id=error_request_id(verdict.request_id, True, self.dialect),
+            payload=verdict.ack_payload(self.dialect),
         )
-        session.queue.put_nowait(ack)
+        replayed: list[str] = []
         if verdict.replay_after:
             replay = self.log.replay(verdict.strategy_id, verdict.replay_after)
-            for frame in replay.frames:
-                session.queue.put_nowait(frame)
+            replayed.extend(replay.frames)
             if replay.gap is not None:
-                session.queue.put_nowait(self._new_frame(GAP, payload=replay.gap))
+                replayed.append(self._new_frame(GAP, payload=replay.gap))
+        for frame in answer_order(ack, replayed, self.dialect):
+            session.queue.put_nowait(frame)
         # From here on, live signals are queued behind the replay: same loop step.
 
     def _error(self, session: _Session, request_id: object, problems: Sequence[Detail]) -> None:
-        echo = error_request_id(request_id, self.echo_request_id)
-        frame = self._new_frame(ERROR, request_id=echo, payload=error_payload(problems))
-        session.queue.put_nowait(frame)
+        echo = error_request_id(request_id, self.echo_request_id, self.dialect)
+        payload = error_payload(problems, self.dialect)
+        session.queue.put_nowait(self._new_frame(ERROR, request_id=echo, payload=payload))
 
     # -- the emulator's clock (Settings.clock_offset) ----------------------------------
 
@@ -446,7 +509,9 @@ class EmulatorServer:
         return time.time() + self.settings.clock_offset
 
     def _new_frame(self, msg_type: str, **fields: Any) -> str:
-        return new_frame(msg_type, clock_offset=self.settings.clock_offset, **fields)
+        return new_frame(
+            msg_type, clock_offset=self.settings.clock_offset, dialect=self.dialect, **fields
+        )
 
     # -- publishing --------------------------------------------------------------------
 
@@ -460,7 +525,9 @@ class EmulatorServer:
 
     def publish_positions(self, strategy_id: int, payload: Mapping[str, Any] | None) -> int:
         body = positions_payload(strategy_id, self._rng) if payload is None else payload
-        return self._fan_out((POSITIONS, strategy_id), self._new_frame(POSITIONS, payload=body))
+        seq = self.log.positions_seq(strategy_id)
+        frame = self._new_frame(POSITIONS, seq_id=seq, payload=body)
+        return self._fan_out((POSITIONS, strategy_id), frame)
 
     def _fan_out(self, pair: tuple[str, int], frame: str) -> int:
         sent = 0
@@ -484,14 +551,17 @@ class EmulatorServer:
             session.ws.transport.abort()
         return len(targets)
 
-    def send_to(self, item: str | bytes | Close, connection: int | None) -> int:
+    def send_to(self, frame: str | bytes, connection: int | None) -> int:
+        return self._queue(_Raw(frame), connection)
+
+    def _queue(self, item: _Item, connection: int | None) -> int:
         targets = self._targets(connection)
         for session in targets:
             session.queue.put_nowait(item)
         return len(targets)
 
     def close_connections(self, code: int, reason: str, connection: int | None) -> int:
-        return self.send_to(Close(code, reason), connection)
+        return self._queue(Close(code, reason), connection)
 
     def set_heartbeats(self, on: bool) -> None:
         self._heartbeats_on = on
@@ -521,4 +591,12 @@ class EmulatorServer:
         self._after_upgrade.extend([_AfterUpgrade(close=Close(code, reason))] * count)
 
     def override_first_message(self, frame: str | bytes | None, count: int) -> None:
-        self._after_upgrade.extend([_AfterUpgrade(first=frame, silent=frame is None)] * count)
+        first = None if frame is None else _Raw(frame)
+        self._after_upgrade.extend([_AfterUpgrade(first=first, silent=frame is None)] * count)
+
+    def forbid(self, strategy_id: int, forbidden: bool) -> None:
+        """Refuse (or again accept) new subscriptions to the strategy: ``FORBIDDEN``."""
+        if forbidden:
+            self.forbidden = self.forbidden | {strategy_id}
+        else:
+            self.forbidden = self.forbidden - {strategy_id}

@@ -7,6 +7,8 @@ import ssl
 
 import attrs
 
+from ._dialect import DEFAULT_DIALECT, Dialect
+
 __all__ = ["Settings"]
 
 
@@ -29,3 +31,5 @@ class Settings:
     # Seconds the emulator's clock runs ahead of the machine's (negative: behind): what it
     # stamps and what its timestamp window compares with (tests of client clock skew).
     clock_offset: float = 0.0
+    # The reading of each point the docs leave open (_dialect.py; default: docs/protocol.md).
+    dialect: Dialect = DEFAULT_DIALECT
