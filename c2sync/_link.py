@@ -128,7 +128,7 @@ class Link:
                 phase = f"the TLS handshake with {target.host} did not finish"
                 sock = self._tls(sock, deadline)
             phase = f"no upgrade response from {options.safe_url}"
-            leftover = upgrade(sock, target, options.api_key, deadline)
+            leftover = upgrade(sock, target, options, deadline)
             self._upgraded = True
         except socket.timeout as exc:  # not a TimeoutError on Python 3.9
             self.release()
