@@ -22,6 +22,7 @@ import pytest
 import c2sync
 from c2sync import cli
 from c2sync._proxy import resolve_proxy
+from c2sync.emulator import Emulator
 
 from .conftest import API_KEY, WAIT, MakeServer
 from .hostile import CONNECTED, Conn, text
@@ -41,8 +42,13 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 
 
 def shown(error: BaseException) -> list[str]:
-    """Every text an error shows: str, repr, attributes, the traceback with its causes."""
+    """Every text an error shows: str, repr, attributes (as they are, and repr'd), the
+    traceback with its causes."""
+    attributes = [f"{name}={value}" for name, value in vars(error).items()]
+    headers = getattr(error, "headers", {})
     return [
+        *attributes,
+        *(f"{name}: {value}" for name, value in headers.items()),
         str(error),
         repr(error),
         repr(vars(error)),
@@ -539,3 +545,15 @@ def test_also_the_key_is_in_no_frame_local_where_the_refusal_is_raised(
             tb = tb.tb_next
         seen = seen.__cause__ or seen.__context__
     assert not leaks
+
+
+def test_6_url_credentials_are_not_in_a_successful_check(
+    emulator: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`c2sync check` that connects with credentials in --url: "connected to" shows ***@,
+    and the client's repr hides them too."""
+    url = emulator.url.replace("ws://", "ws://bob:S3cretUrlPw@")
+    status, out, err = run_cli(capsys, "check", "--api-key", API_KEY, "--url", url)
+    assert status == 0 and "connected to ws://***@" in out
+    assert_hidden("S3cretUrlPw", out, err)
+    assert_hidden("S3cretUrlPw", repr(c2sync.Client(API_KEY, url=url)))
