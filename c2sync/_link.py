@@ -118,6 +118,7 @@ class Link:
             # proxy=None reads HTTPS_PROXY/NO_PROXY as requests does; "" means none.
             proxy_url = resolve_proxy(options.url, options.proxy, os.environ)
             proxy = parse_proxy(proxy_url) if proxy_url else None
+            del proxy_url  # its credentials must not be in a traceback's recorded locals
             if proxy is not None:
                 phase = f"no answer from the proxy {proxy.safe_url}"
                 sock = self._connect_tcp(proxy.host, proxy.port, deadline)

@@ -455,7 +455,7 @@ def connect(api_key: str | None = None, **options: Any) -> Client:
         TypeError: an argument of the wrong type.
     """
     client = Client(api_key, **options)
-    del api_key  # error trackers record a traceback's locals: the key is not one of them
+    del api_key, options  # error trackers record a traceback's locals: no key, no proxy password
     return client.connect()
 
 

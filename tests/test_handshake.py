@@ -25,6 +25,7 @@ from c2sync._proxy import resolve_proxy
 from c2sync.emulator import Emulator
 
 from .conftest import API_KEY, WAIT, MakeServer
+from .connect_proxy import ConnectProxy
 from .hostile import CONNECTED, Conn, text
 from .test_link import connect_fails
 
@@ -523,15 +524,20 @@ def test_also_a_verifying_ssl_context_is_not_warned_about(
     assert not caplog.records
 
 
+@pytest.mark.parametrize("route", ["direct", "through a proxy"])
 def test_also_the_key_is_in_no_frame_local_where_the_refusal_is_raised(
-    make_server: MakeServer,
+    make_server: MakeServer, route: str
 ) -> None:
-    """A 401 echoing the key: no local variable of any c2sync frame in the traceback (what
-    error trackers record) holds the key or its echo, chained causes included."""
+    """A 401 echoing the key (through a proxy with credentials, or not): no local variable
+    of any c2sync frame in the traceback (what error trackers record) holds the key, its
+    echo or the proxy's password, chained causes included."""
     server = make_server(
         answer("401 Unauthorized", "X-Echo: {key}\r\nContent-Length: 30\r\n", b"{key}")
     )
-    error = connect_fails(server.url, c2sync.AuthenticationError)
+    with ConnectProxy(auth=(USER, PASSWORD)) as proxy:
+        via = proxy.url_with_auth(USER, PASSWORD) if route != "direct" else ""
+        error = connect_fails(server.url, c2sync.AuthenticationError, proxy=via)
+        assert len(proxy.connects) == (route != "direct")
     leaks = []
     seen: BaseException | None = error
     while seen is not None:
@@ -540,7 +546,7 @@ def test_also_the_key_is_in_no_frame_local_where_the_refusal_is_raised(
             frame = tb.tb_frame
             if "c2sync" in frame.f_code.co_filename and "tests" not in frame.f_code.co_filename:
                 for name, value in frame.f_locals.items():
-                    if API_KEY in repr(value) or API_KEY.encode() in repr(value).encode():
+                    if API_KEY in repr(value) or PASSWORD in repr(value):
                         leaks.append(f"{frame.f_code.co_name}:{name}")
             tb = tb.tb_next
         seen = seen.__cause__ or seen.__context__
