@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import logging
 import ssl
+import threading
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -147,6 +148,41 @@ def test_1_the_cli_check_shows_no_escaped_key(
     assert status != 0
     assert "***" in err
     assert_hidden(ODD_KEY, out, err)
+
+
+def test_1_a_refused_reconnect_logs_and_reports_no_escaped_key(
+    make_server: MakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first connection works, the reconnect meets a 401 echoing the key as \\uXXXX:
+    the reconnect WARNING, the ERROR and what on_error receives show *** only."""
+    caplog.set_level(logging.DEBUG)
+    closed = threading.Event()
+    errors: list[str] = []
+
+    def handler(conn: Conn) -> None:
+        if len(server.conns) == 1:
+            conn.accept()
+            conn.sock.sendall(text(CONNECTED))
+            return  # the server goes away: the client reconnects
+        answer_escaped_401(conn)
+
+    server = make_server(handler)
+    client = c2sync.connect(
+        ODD_KEY,
+        url=server.url,
+        connect_timeout=WAIT,
+        heartbeat_timeout=30,
+        reconnect_policy=c2sync.ReconnectPolicy(initial=0.01, maximum=0.01),
+    )
+    try:
+        client.on_error(lambda exc: errors.append(f"{exc} {exc!r}"))
+        client.on_state(lambda state: closed.set() if state is c2sync.State.CLOSED else None)
+        assert closed.wait(WAIT), "the refused reconnect did not end the client"
+    finally:
+        client.close()
+    assert "***" in caplog.text
+    assert_hidden(ODD_KEY, caplog.text, *errors)
+    assert_hidden(_escaped(ODD_KEY, "every character"), caplog.text, *errors)
 
 
 def answer_escaped_401(conn: Conn) -> None:
