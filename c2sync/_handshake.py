@@ -196,35 +196,45 @@ def read_head(
             break
         searched = max(0, len(data) - 3)
         if len(data) > MAX_HEADERS:
-            raise HandshakeError(
-                _status(bytes(data)), {}, "", message="response headers over 64 KiB"
-            )
+            status = _status(bytes(data))
+            data.clear()  # it may echo a secret: not in the locals a traceback keeps
+            raise HandshakeError(status, {}, "", message="response headers over 64 KiB")
         chunk = sock.recv(min(16384, MAX_HEADERS + 4 - len(data)))
         if not chunk:
             raise ConnectionClosed(None, "", "the server closed during the upgrade")
         data += chunk
-    head, rest = bytes(data[: found.start()]), bytes(data[found.end() :])
-    text = head.decode("iso-8859-1")
+        del chunk  # kept in data only, which is cleared before anything is raised
+    rest = bytes(data[found.end() :])
+    parsed = _parse_head(data[: found.start()].decode("iso-8859-1"), hide or Redactor())
+    data.clear()
+    if isinstance(parsed, str):  # raised here, where no local holds the raw answer
+        del rest
+        raise ProtocolError(f"invalid upgrade response: {parsed}")
+    return (*parsed, rest)
+
+
+def _parse_head(text: str, hide: Redactor) -> tuple[int, int, dict[str, str]] | str:
+    """(status, HTTP/1.x minor version, headers) from a response head, or what is wrong
+    with it (returned, not raised: see :func:`read_head`)."""
     lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
     status_line = _STATUS.fullmatch(lines[0])
     if status_line is None:
-        shown = (hide or Redactor())(lines[0])[:80]
-        raise ProtocolError(f"invalid upgrade response: {shown!r}")
+        return repr(hide(lines[0])[:80])
     headers: dict[str, str] = {}
     for line in lines[1:]:
         name, sep, value = line.partition(":")
         if "\r" in line:
-            raise ProtocolError("invalid upgrade response: a bare CR in a header line")
+            return "a bare CR in a header line"
         if line[:1] in (" ", "\t"):
-            raise ProtocolError("invalid upgrade response: a folded header line (obs-fold)")
+            return "a folded header line (obs-fold)"
         if not sep:
-            raise ProtocolError("invalid upgrade response: a header line without a colon")
+            return "a header line without a colon"
         if not _TOKEN.fullmatch(name):
-            raise ProtocolError("invalid upgrade response: a header name that is not a token")
+            return "a header name that is not a token"
         name = name.lower()
         value = value.strip(" \t")
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    return int(status_line[2]), int(status_line[1]), headers, rest
+    return int(status_line[2]), int(status_line[1]), headers
 
 
 def _status(head: bytes) -> int:

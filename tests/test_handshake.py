@@ -560,19 +560,26 @@ def test_also_a_verifying_ssl_context_is_not_warned_about(
     assert not caplog.records
 
 
-@pytest.mark.parametrize("route", ["direct", "through a proxy"])
+@pytest.mark.parametrize(
+    ("route", "status", "headers", "error_type"),
+    [
+        ("direct", "401 Unauthorized", "X-Echo: {key}\r\n", c2sync.AuthenticationError),
+        ("through a proxy", "401 Unauthorized", "X-Echo: {key}\r\n", c2sync.AuthenticationError),
+        ("direct", "101 {key}", "X-Echo : {key}\r\n", c2sync.ProtocolError),
+        ("direct", "{key}", "", c2sync.ProtocolError),
+    ],
+    ids=["401", "401-through-a-proxy", "malformed-101", "not-http"],
+)
 def test_also_the_key_is_in_no_frame_local_where_the_refusal_is_raised(
-    make_server: MakeServer, route: str
+    make_server: MakeServer, route: str, status: str, headers: str, error_type: type[Exception]
 ) -> None:
-    """A 401 echoing the key (through a proxy with credentials, or not): no local variable
-    of any c2sync frame in the traceback (what error trackers record) holds the key, its
-    echo or the proxy's password, chained causes included."""
-    server = make_server(
-        answer("401 Unauthorized", "X-Echo: {key}\r\nContent-Length: 30\r\n", b"{key}")
-    )
+    """A refusal or a malformed answer echoing the key (through a proxy with credentials,
+    or not): no local variable of any c2sync frame in the traceback (what error trackers
+    record) holds the key, its echo or the proxy's password, chained causes included."""
+    server = make_server(answer(status, headers + "Content-Length: 30\r\n", b"{key}"))
     with ConnectProxy(auth=(USER, PASSWORD)) as proxy:
         via = proxy.url_with_auth(USER, PASSWORD) if route != "direct" else ""
-        error = connect_fails(server.url, c2sync.AuthenticationError, proxy=via)
+        error = connect_fails(server.url, error_type, proxy=via)
         assert len(proxy.connects) == (route != "direct")
     leaks = []
     seen: BaseException | None = error
