@@ -150,7 +150,11 @@ def upgrade(sock: socket.socket, target: Target, options: Options, deadline: flo
     reading = Deadline(sock, deadline)
     status, version, headers, rest = read_head(reading, hide)
     if status != 101:
-        error = refusal(status, headers, read_body(reading, headers, rest), hide)
+        # RFC 9112 6.3: a 1xx, 204 or 304 has no body, whatever its headers say.
+        bodiless = status < 200 or status in (204, 304)
+        body = b"" if bodiless else read_body(reading, headers, rest)
+        error = refusal(status, headers, body, hide)
+        del body
         del headers, rest  # the raw answer may echo the key
         raise error
     accept = base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest())

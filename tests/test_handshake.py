@@ -238,6 +238,17 @@ def test_3_an_endless_chunked_body_is_cut_at_the_budget(make_server: MakeServer)
     assert error.body == "x" * 4096  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("status", ["204 No Content", "304 Not Modified", "100 Continue"])
+def test_3_a_bodiless_refusal_on_a_kept_alive_connection_does_not_wait(
+    make_server: MakeServer, status: str
+) -> None:
+    """A 204, 304 or 1xx (no body, RFC 9112 6.3) and no Content-Length, the connection
+    kept open: the HandshakeError comes at once, not at connect_timeout."""
+    server = make_server(answer(status))
+    error = connect_fails(server.url, c2sync.HandshakeError, connect_timeout=WAIT)
+    assert error.status == int(status[:3]) and error.body == ""  # type: ignore[attr-defined]
+
+
 # 4. Header names ------------------------------------------------------------------------------
 
 
