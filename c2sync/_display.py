@@ -149,7 +149,7 @@ def of_session(session: Session) -> str:
     return render(
         state=session.life.state,
         failure=session.life.failure,
-        url=session.options.url,
+        url=session.options.safe_url,
         up_for=None if at is None else time.monotonic() - at,
         stats=session.stats,
         subscriptions=session.book.snapshot(held),

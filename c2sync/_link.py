@@ -118,6 +118,7 @@ class Link:
             # proxy=None reads HTTPS_PROXY/NO_PROXY as requests does; "" means none.
             proxy_url = resolve_proxy(options.url, options.proxy, os.environ)
             proxy = parse_proxy(proxy_url) if proxy_url else None
+            del proxy_url  # its credentials must not be in a traceback's recorded locals
             if proxy is not None:
                 phase = f"no answer from the proxy {proxy.safe_url}"
                 sock = self._connect_tcp(proxy.host, proxy.port, deadline)
@@ -128,7 +129,7 @@ class Link:
                 phase = f"the TLS handshake with {target.host} did not finish"
                 sock = self._tls(sock, deadline)
             phase = f"no upgrade response from {options.safe_url}"
-            leftover = upgrade(sock, target, options.api_key, deadline)
+            leftover = upgrade(sock, target, options, deadline)
             self._upgraded = True
         except socket.timeout as exc:  # not a TimeoutError on Python 3.9
             self.release()

@@ -8,15 +8,17 @@ it and never change it. Called from the user's thread only, at construction. The
 
 from __future__ import annotations
 
+import logging
 import os
+import ssl
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import attrs
 
 from ._framing import DEFAULT_MAX_SIZE
-from ._proxy import parse_proxy
+from ._proxy import parse_proxy, redact_url
+from ._request import Target, check_field
 from ._spec import DEFAULT_URL, HEARTBEAT_TIMEOUT
 from .checkpoint import Checkpoint, FileCheckpoint
 from .reconnect import ReconnectPolicy
@@ -24,6 +26,8 @@ from .reconnect import ReconnectPolicy
 __all__ = ["API_KEY_ENV", "Options"]
 
 API_KEY_ENV = "C2_API_KEY"
+
+logger = logging.getLogger("c2sync")
 
 
 @attrs.frozen
@@ -64,8 +68,9 @@ class Options:
 
     @property
     def safe_url(self) -> str:
-        """The URL without its query string (which could carry a secret)."""
-        return self.url.split("?", 1)[0]
+        """The URL for messages: without its query string or fragment (which could carry a
+        secret), its user part (``user:password@``) as ``***@``."""
+        return redact_url(self.url.split("?", 1)[0].split("#", 1)[0])
 
     @classmethod
     def create(
@@ -88,7 +93,10 @@ class Options:
         """Check the user's arguments and build the value.
 
         Raises:
-            ValueError: no API key, or an argument out of range.
+            ValueError: no API key, or an argument out of range; a key or URL that cannot
+                go out as it is (a control character, whitespace, a character that cannot
+                be encoded: see :mod:`c2sync._request`), a URL without a host or with port 0.
+                The message names the argument, never its value.
             TypeError: an argument of the wrong type.
         """
         if api_key is None:
@@ -97,8 +105,8 @@ class Options:
             raise ValueError(f"no API key: pass api_key= or set {API_KEY_ENV}")
         if not isinstance(api_key, str):
             raise TypeError("api_key must be a str")
-        if not isinstance(url, str) or urlsplit(url).scheme not in ("ws", "wss"):
-            raise ValueError("url must be a ws:// or wss:// URL")
+        check_field("api_key", api_key)
+        target = Target.from_url(url)
         for name, value in (
             ("connect_timeout", connect_timeout),
             ("heartbeat_timeout", heartbeat_timeout),
@@ -122,6 +130,8 @@ class Options:
             raise ValueError("max_message_size must be a positive int (bytes)")
         if link_factory is not None and not callable(link_factory):
             raise TypeError("link_factory must be callable")
+        if target.secure:
+            _warn_unverified(ssl_context)
         return cls(
             api_key=api_key,
             url=url,
@@ -136,4 +146,21 @@ class Options:
             max_message_size=max_message_size,
             link_factory=link_factory,
             correct_clock=bool(correct_clock),
+        )
+
+
+def _warn_unverified(context: Any) -> None:
+    """A WARNING when the user's TLS context turns the checks off (docs/security.md "TLS":
+    they stay on unless the user's own context says otherwise; say so when it does)."""
+    if context is None:
+        return
+    off = []
+    if getattr(context, "verify_mode", ssl.CERT_REQUIRED) == ssl.CERT_NONE:
+        off.append("certificate verification (verify_mode=CERT_NONE)")
+    if getattr(context, "check_hostname", True) is False:
+        off.append("host name checks (check_hostname=False)")
+    if off:
+        logger.warning(
+            "the ssl_context given turns off %s: anyone on the path can read the key",
+            " and ".join(off),
         )

@@ -6,7 +6,7 @@ socket or logs. docs/api-contract.md "Clocks and proxies":
 
 - :func:`resolve_proxy`: ``proxy=""`` disables proxies, a non-empty ``proxy`` string wins,
   ``proxy=None`` reads the environment as ``requests`` does: ``HTTPS_PROXY`` for ``wss://``
-  (``HTTP_PROXY`` for ``ws://``), lowercase names winning as in urllib's
+  (``HTTP_PROXY`` for ``ws://``), else ``ALL_PROXY``, lowercase names winning as in urllib's
   ``getproxies_environment`` (an empty lowercase one disables the uppercase one), and
   ``NO_PROXY`` (see :func:`bypasses_proxy`).
 - :func:`parse_proxy`: the proxy URL checked and split into what a ``CONNECT`` needs (host,
@@ -61,7 +61,8 @@ def _with_scheme(proxy: str) -> str:
 
 
 def proxy_from_environment(scheme: str, environ: Mapping[str, str]) -> str | None:
-    """The proxy the environment names for ``scheme`` (``"https"`` or ``"http"``), or None.
+    """The proxy the environment names for ``scheme`` (``"https"``, ``"http"`` or ``"all"``),
+    or None.
 
     The lowercase variable wins when it is set, even empty (which then means "no proxy"), as
     in urllib's ``getproxies_environment``; ``HTTP_PROXY`` is ignored when
@@ -155,7 +156,8 @@ def resolve_proxy(url: str, proxy: str | None, environ: Mapping[str, str]) -> st
         url: the ``ws://`` or ``wss://`` URL to connect to.
         proxy: what the user passed: None reads ``environ`` (``HTTPS_PROXY`` for
             ``wss://``, ``HTTP_PROXY`` for ``ws://``, then ``NO_PROXY``); ``""`` means no
-            proxy; any other string is the proxy, whatever ``NO_PROXY`` says.
+            proxy; any other string is the proxy, whatever ``NO_PROXY`` says. ``ALL_PROXY``
+            serves either scheme when its own variable is unset, as in ``requests``.
         environ: the environment (the link passes ``os.environ``).
 
     Returns:
@@ -170,8 +172,11 @@ def resolve_proxy(url: str, proxy: str | None, environ: Mapping[str, str]) -> st
         if not isinstance(proxy, str):
             raise TypeError("proxy must be a str ('http://host:port', or '' for none) or None")
         return _with_scheme(proxy.strip()) if proxy.strip() else None
-    scheme = "https" if url.lower().startswith("wss:") else "http"
+    # The scheme as urlsplit reads it, as the link does (never the raw string's start).
+    scheme = "https" if urlsplit(url).scheme == "wss" else "http"
     found = proxy_from_environment(scheme, environ)
+    if found is None:  # requests' fallback for any scheme
+        found = proxy_from_environment("all", environ)
     if found is None:
         return None
     no_proxy = environ.get("no_proxy") or environ.get("NO_PROXY")
@@ -188,21 +193,28 @@ class HttpProxy:
         authorization: the ``Proxy-Authorization`` header value (``Basic ...``) when the URL
             carries credentials, else None. Never in ``repr()``.
         safe_url: the proxy URL with its credentials redacted, for messages and logs.
+        credentials: what a proxy could echo of the credentials in clear (``user:pass``
+            and ``pass``), to mask in its answers. Never in ``repr()``.
     """
 
     host: str
     port: int
     authorization: str | None = attrs.field(default=None, repr=False)
     safe_url: str = ""
+    credentials: tuple[str, ...] = attrs.field(default=(), repr=False)
 
     def connect_request(self, host: str, port: int) -> bytes:
         """The ``CONNECT host:port`` request opening a tunnel to ``host``, headers and all.
 
+        Args:
+            host: the host as it goes out (ASCII: IDNA-encoded, see
+                :class:`c2sync._request.Target`).
+
         Raises:
             ValueError: ``host`` holds characters that would break the request line.
         """
-        if not host or any(c in host for c in " \r\n\t/@"):
-            raise ValueError(f"not a host name: {host!r}")
+        if not host or not host.isascii() or any(c in host for c in " \r\n\t/@"):
+            raise ValueError("not a host name for CONNECT")
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
         if self.authorization is not None:
@@ -210,12 +222,17 @@ class HttpProxy:
         return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
 
 
-def _basic(user: str, password: str) -> str:
+def _basic(user: str, password: str, safe: str) -> str:
     raw = f"{user}:{password}"
     try:
         data = raw.encode("latin-1")  # what requests and urllib3 send
     except UnicodeEncodeError:
-        data = raw.encode("utf-8")  # RFC 7617's charset=UTF-8
+        try:
+            data = raw.encode("utf-8")  # RFC 7617's charset=UTF-8
+        except UnicodeEncodeError:  # a lone surrogate; the error would quote the password
+            raise ValueError(
+                f"the proxy {safe!r} has credentials that cannot be encoded"
+            ) from None
     return "Basic " + base64.b64encode(data).decode("ascii")
 
 
@@ -227,9 +244,12 @@ def parse_proxy(proxy: str) -> HttpProxy:
 
     Raises:
         ValueError: not an ``http://host[:port]`` URL (HTTPS and SOCKS proxies are not
-            supported); the message shows the URL redacted.
+            supported), or one holding whitespace or a control character; the message
+            shows the URL redacted.
     """
     safe = redact_url(proxy)
+    if any(c.isspace() or c < " " or "\x7f" <= c <= "\x9f" for c in proxy.strip()):
+        raise ValueError(f"proxy URL with whitespace or a control character: {safe!r}")
     try:
         parts = urlsplit(_with_scheme(proxy.strip()))
         port = parts.port
@@ -242,7 +262,13 @@ def parse_proxy(proxy: str) -> HttpProxy:
         )
     if not host:
         raise ValueError(f"proxy URL without a host: {safe!r}")
+    if port == 0:
+        raise ValueError(f"proxy URL with port 0: {safe!r}")
     authorization = None
+    credentials: tuple[str, ...] = ()
     if parts.username is not None or parts.password is not None:
-        authorization = _basic(unquote(parts.username or ""), unquote(parts.password or ""))
-    return HttpProxy(host, port or 80, authorization, redact_url(_with_scheme(proxy.strip())))
+        user, password = unquote(parts.username or ""), unquote(parts.password or "")
+        authorization = _basic(user, password, safe)
+        credentials = tuple(s for s in (f"{user}:{password}", password) if s)
+    safe_url = redact_url(_with_scheme(proxy.strip()))
+    return HttpProxy(host, port or 80, authorization, safe_url, credentials)

@@ -25,17 +25,23 @@ a frame the parser choked on, the reader's last resort) with its text and its tr
 masked: a handler given ``exc_info`` would format the failure's own text.
 
 Each secret is masked as written, as a repr writes it (quotes and backslashes escaped,
-unprintable characters as escapes) and as JSON writes it (non-ASCII as ``\\uXXXX``); a
-:class:`Redactor` also masks a secret cut off at the end of a text (a body truncated in
-the middle of an echoed key).
+unprintable characters as escapes), as JSON writes it (non-ASCII as ``\\uXXXX``, ``/`` as
+``\\/``) and percent-encoded. A :class:`Redactor` also masks any other spelling of it
+that escapes undo: a run of text holding ``\\`` or ``%`` is decoded (JSON and Python
+escapes such as ``\\u002B`` or every character as ``\\uXXXX``, then percent-encoding) and,
+when the decoded text holds a secret, replaced by that text masked. And it masks a secret
+cut off at the end of a text (a body truncated in the middle of an echoed key), spelled
+either way.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import traceback
 from collections.abc import Callable
+from urllib.parse import quote, unquote
 
 __all__ = ["MASK", "MIN_REMEMBERED", "Redactor", "log_failure", "mask", "redact", "remember"]
 
@@ -45,12 +51,42 @@ MIN_REMEMBERED = 8  # shorter keys are not masked in message reprs (see the docs
 
 
 def _forms(secret: str) -> tuple[str, ...]:
-    """How ``secret`` may appear in a text: as is, inside a repr, inside JSON."""
+    """How ``secret`` may appear in a text: as is, inside a repr, inside JSON (``/`` escaped
+    or not), percent-encoded."""
     forms = [secret]
-    for form in (repr(secret)[1:-1], json.dumps(secret)[1:-1]):
+    written = json.dumps(secret)[1:-1]
+    spellings = [repr(secret)[1:-1], written, written.replace("/", "\\/")]
+    try:
+        spellings += [quote(secret, safe=""), quote(secret, safe="").lower()]
+    except UnicodeEncodeError:  # a lone surrogate: no percent-encoded spelling exists
+        pass
+    for form in spellings:
         if form not in forms:
             forms.append(form)
     return tuple(forms)
+
+
+# A run of text that may spell a secret with escapes: no whitespace, quotes or angle
+# brackets (what ends a JSON string, a header value's word, an HTML attribute).
+_RUN = re.compile(r"[^\s\"'<>]+")
+_ESCAPE = re.compile(r"\\(u[0-9A-Fa-f]{4}|x[0-9A-Fa-f]{2}|[\"\\/bfnrt])")
+_SIMPLE = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+# An escape cut off at the end of a text (``\\u00`` or ``%4``): dropped before decoding.
+_PARTIAL = re.compile(r"(?:\\(?:u[0-9A-Fa-f]{0,3}|x[0-9A-Fa-f]?)?|%[0-9A-Fa-f]?)$")
+
+
+def _unescape(run: str) -> str:
+    """``run`` with JSON and Python escapes, then percent-encoding, undone."""
+
+    def one(match: re.Match[str]) -> str:
+        escape = match[1]
+        return chr(int(escape[1:], 16)) if len(escape) > 1 else _SIMPLE[escape]
+
+    text = _ESCAPE.sub(one, run)
+    if any("\ud800" <= c <= "\udfff" for c in text):
+        # A surrogate pair written as two escapes (JSON's way for non-BMP characters).
+        text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return unquote(text, errors="replace")
 
 
 class Redactor:
@@ -68,15 +104,42 @@ class Redactor:
 
     def __call__(self, text: str) -> str:
         """``text`` with every secret (and one cut off at its end) replaced by ``***``."""
+        if not self._secrets:
+            return text
+        text = self._plain(text)
+        if "\\" in text or "%" in text:
+            text = _RUN.sub(self._escaped, text)
+        return self._tail(text)
+
+    def _plain(self, text: str) -> str:
         for form in self._forms:
             if form in text:
                 text = text.replace(form, MASK)
+        return text
+
+    def _tail(self, text: str) -> str:
         for secret in self._secrets:
             for size in range(len(secret) - 1, MIN_TAIL - 1, -1):
                 if text.endswith(secret[:size]):
                     text = text[:-size] + MASK
                     break
         return text
+
+    def _escaped(self, match: re.Match[str]) -> str:
+        """A run spelling a secret with escapes, as its decoded text masked; else as is."""
+        run = match[0]
+        if "\\" not in run and "%" not in run:
+            return run
+        decoded = _unescape(run)
+        masked = self._plain(decoded)
+        if masked != decoded:
+            return masked
+        if match.end() == len(match.string):  # the text may end inside an escaped secret
+            cut = _unescape(_PARTIAL.sub("", run))
+            masked = self._tail(cut)
+            if masked != cut:
+                return masked
+        return run
 
     def __bool__(self) -> bool:
         return bool(self._secrets)

@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TextIO
-from urllib.parse import urlsplit, urlunsplit
 
 from . import (
     DEFAULT_URL,
@@ -59,6 +58,7 @@ from ._cli_parser import (
     build_parser,
 )
 from ._format import format_message
+from ._proxy import redact_url
 from ._redact import Redactor
 
 __all__ = [
@@ -148,11 +148,9 @@ def _logging_for(verbose: int) -> Iterator[None]:
 
 
 def _shown(url: str) -> str:
-    """The URL without any ``user:password@`` part, for messages."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+    """The URL with any ``user:password@`` part as ``***@``, for every line that names it
+    (the library's own texts do the same: ``Options.safe_url``)."""
+    return redact_url(url)
 
 
 def _connect(client: Client, url: str, timeout: float) -> None:
@@ -181,7 +179,9 @@ def _api_key(args: argparse.Namespace) -> str:
 def _url(args: argparse.Namespace) -> str:
     url: str = args.url or os.environ.get(URL_ENV) or DEFAULT_URL
     if not url.startswith(("ws://", "wss://")):
-        raise _Failure(EXIT_AUTH, f"the URL must start with ws:// or wss://, not {url!r}")
+        raise _Failure(
+            EXIT_AUTH, f"the URL must start with ws:// or wss://, not {_shown(url)!r}"
+        )
     return url
 
 
@@ -211,7 +211,7 @@ def _check(args: argparse.Namespace) -> int:
     try:
         _connect(client, url, args.connect_timeout)
         elapsed = time.perf_counter() - started
-        print(f"connected to {url}")
+        print(f"connected to {_shown(url)}")
         # The first message is always connection.connected: anything else raises
         # ProtocolError above (docs/protocol.md section 4).
         first = client.connected_message
@@ -302,7 +302,7 @@ def _listen(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint or None,
         max_queue=args.max_queue,
     )
-    client.on_state(_status_printer(url, sys.stderr))
+    client.on_state(_status_printer(_shown(url), sys.stderr))
     with _sigterm_as_interrupt():
         return _listen_loop(args, client, url, key)
 

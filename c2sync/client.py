@@ -454,7 +454,9 @@ def connect(api_key: str | None = None, **options: Any) -> Client:
         ValueError: no API key, or an argument out of range.
         TypeError: an argument of the wrong type.
     """
-    return Client(api_key, **options).connect()
+    client = Client(api_key, **options)
+    del api_key, options  # error trackers record a traceback's locals: no key, no proxy password
+    return client.connect()
 
 
 _init = inspect.signature(Client.__init__)

@@ -5,6 +5,7 @@ The policy is a value passed to the client (``reconnect_policy=``), never module
 
 from __future__ import annotations
 
+import math
 import random
 import ssl
 from collections.abc import Callable, Iterator
@@ -103,7 +104,9 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         now: the current POSIX time for the date form (None: the real one).
 
     Returns:
-        Seconds to wait (never negative), or None when absent or unreadable.
+        Seconds to wait (never negative), or None when absent or unreadable: garbage, a
+        date or number out of range, infinity or NaN are None, never an exception (a
+        server's header must not turn a retryable 429 into a crash).
     """
     if value is None:
         return None
@@ -113,15 +116,15 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     except ValueError:
         try:
             when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:  # "-0000": UTC with no source zone (RFC 5322 3.3)
-            when = when.replace(tzinfo=timezone.utc)
-        if now is None:
-            import time
+            if when.tzinfo is None:  # "-0000": UTC with no source zone (RFC 5322 3.3)
+                when = when.replace(tzinfo=timezone.utc)
+            if now is None:
+                import time
 
-            now = time.time()
-        seconds = when.timestamp() - now
-    if seconds != seconds:  # NaN
+                now = time.time()
+            seconds = when.timestamp() - now
+        except (TypeError, ValueError, IndexError, OverflowError, OSError):
+            return None
+    if not math.isfinite(seconds):  # "inf", "1e999", "nan"
         return None
     return max(0.0, seconds)

@@ -250,3 +250,15 @@ def test_connect_request() -> None:
     with pytest.raises(ValueError):
         plain_proxy = HttpProxy("proxy", 3128)
         plain_proxy.connect_request("evil\r\nX-Injected: 1", 443)
+
+
+def test_all_proxy_is_the_fallback_for_either_scheme() -> None:
+    """ALL_PROXY (all_proxy winning) serves a scheme without its own variable, as requests
+    reads it; the scheme's own variable and NO_PROXY still win."""
+    environ = {"ALL_PROXY": "http://every:1", "all_proxy": "http://lower:2"}
+    assert resolve_proxy("wss://example.com/ws", None, environ) == "http://lower:2"
+    assert resolve_proxy("ws://example.com/ws", None, {"ALL_PROXY": "every:1"}) == "http://every:1"
+    environ = {"ALL_PROXY": "http://every:1", "HTTPS_PROXY": "http://secure:3"}
+    assert resolve_proxy("wss://example.com/ws", None, environ) == "http://secure:3"
+    environ = {"ALL_PROXY": "http://every:1", "NO_PROXY": "example.com"}
+    assert resolve_proxy("wss://example.com/ws", None, environ) is None

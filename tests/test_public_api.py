@@ -88,6 +88,7 @@ PURE_MODULES = [
     "_proxy",
     "_format",
     "_redact",
+    "_request",
 ]
 FORBIDDEN_IMPORTS = {"socket", "threading", "_thread", "time", "websocket", "websockets"}
 

@@ -7,6 +7,7 @@ tests/test_echoed_key.py.
 from __future__ import annotations
 
 import json
+from urllib.parse import quote
 
 from c2sync._redact import MASK, MIN_REMEMBERED, Redactor, mask, redact, remember
 
@@ -40,3 +41,44 @@ def test_remembered_keys_are_masked_only_when_long_enough() -> None:
     assert len("k") < MIN_REMEMBERED <= len(API_KEY)
     assert mask(f"x.k {API_KEY}") == f"x.k {MASK}"
     assert mask(repr({"echo": API_KEY})) == repr({"echo": MASK})
+
+
+ODD_KEY = "sk/test+5f3c9a1e7b2d4c6a8e0f=="  # "/", "+", "=": what encoders escape
+
+
+def _every_char_escaped(text: str) -> str:
+    return "".join(f"\\u{ord(c):04x}" for c in text)
+
+
+def test_a_redactor_masks_every_escaped_spelling_of_the_key() -> None:
+    """Issue 25 item 1: the key as PHP's json_encode (``\\/``), .NET (``\\u002B``), every
+    character as ``\\uXXXX``, percent-encoded (upper or lower hex, every byte or only the
+    reserved ones), and cut off at the end of a text inside an escape: masked; text around
+    it kept, and text without the key left alone (backslashes and percents included)."""
+    hide = Redactor(ODD_KEY)
+    percent_all = "".join(f"%{b:02x}" for b in ODD_KEY.encode())
+    for spelling in (
+        ODD_KEY.replace("/", "\\/"),
+        ODD_KEY.replace("+", "\\u002B"),
+        _every_char_escaped(ODD_KEY),
+        quote(ODD_KEY, safe=""),
+        quote(ODD_KEY, safe="").lower(),
+        percent_all,
+        percent_all.upper(),
+    ):
+        assert hide(f'{{"message":"bad key {spelling}"}}') == '{"message":"bad key ***"}'
+        assert hide(f"Location: /login?key={spelling}&next=1") == "Location: /login?key=***&next=1"
+    cut = f'{{"message":"bad key {_every_char_escaped(ODD_KEY)}'[:-9]  # inside an escape
+    assert ODD_KEY[:8] not in json.loads(hide(cut) + '"}')["message"]
+    assert hide(cut).endswith("bad key ***")
+    for harmless in ("C:\\path\\to 100% done", "\\u0041 %41", '"\\"quoted\\""'):
+        assert hide(harmless) == harmless
+
+
+def test_a_redactor_masks_a_surrogate_pair_written_as_two_escapes() -> None:
+    """A key with a character beyond the BMP, which JSON writes as two \\u escapes."""
+    key = "key-\U0001f511-0123456789"
+    written = json.dumps(key)[1:-1]  # key-\ud83d\udd11-0123456789
+    assert Redactor(key)(f"echo {written}") == "echo ***"
+    mixed = written.replace("-", "\\u002d")  # a dash escaped too: not a form, decoded
+    assert Redactor(key)(f"echo {mixed}") == "echo ***"
