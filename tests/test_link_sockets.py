@@ -115,7 +115,7 @@ def test_a_close_between_tls_and_the_upgrade_never_sends_the_key_in_clear(
 
     client_context = ssl.create_default_context()
     ca.configure_trust(client_context)
-    client_context.sslsocket_class = Held  # type: ignore[misc]
+    client_context.sslsocket_class = Held
     url = relay_server.url.replace("ws://", "wss://")
     client = c2sync.Client(
         API_KEY, url=url, ssl_context=client_context, connect_timeout=WAIT, reconnect=False
@@ -374,7 +374,6 @@ def test_a_peer_that_stops_reading_cannot_hold_subscribe_past_its_timeout(
             conn.sock.sendall(text(CONNECTED))
             conn.read_frames(limit=WAIT)
             return
-        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         conn.accept()
         conn.sock.sendall(text(CONNECTED))
         pings = frame(0x9, b"p" * 125) * 64
@@ -384,9 +383,9 @@ def test_a_peer_that_stops_reading_cannot_hold_subscribe_past_its_timeout(
                 conn.sock.sendall(pings)
         except socket.timeout:
             stuck.set()  # the client stopped reading: its reader is stuck sending pongs
-        finished.wait(WAIT)  # never reads: the test's end closes the connection
+        finished.wait(3 * WAIT)  # never reads; holds on until the test has ended
 
-    server = make_server(handler)
+    server = make_server(handler, rcvbuf=4096)
     client = c2sync.Client(
         API_KEY,
         url=server.url,
@@ -395,6 +394,8 @@ def test_a_peer_that_stops_reading_cannot_hold_subscribe_past_its_timeout(
         reconnect_policy=FAST,
     )
     reconnected = opened(client, 2)
+    losses: list[BaseException] = []
+    client.on_error(losses.append)
     try:
         with client:
             assert stuck.wait(WAIT), "the client never stopped reading"
@@ -404,5 +405,6 @@ def test_a_peer_that_stops_reading_cannot_hold_subscribe_past_its_timeout(
             assert time.monotonic() - started < 1 + 2
             # Only the client's own cut can end that link: the server holds it open.
             assert reconnected.wait(WAIT), "the stuck link was not cut and re-opened"
+            assert "did not finish in time" in str(losses[0]), losses
     finally:
         finished.set()
