@@ -26,7 +26,7 @@ import c2sync
 import c2sync._link
 from c2sync.emulator import Emulator
 
-from .conftest import API_KEY, STRATEGY, MakeServer, c2sync_threads
+from .conftest import API_KEY, STRATEGY, MakeServer, c2sync_threads, client_sockets
 from .connect_proxy import pipe
 from .hostile import CONNECTED, WAIT, Conn, frame, text
 
@@ -57,10 +57,6 @@ def by_name(url: str) -> str:
 def loopback(port: int) -> list[Any]:
     """The real resolver's answer for 127.0.0.1:``port``."""
     return socket.getaddrinfo("127.0.0.1", port, socket.AF_INET, socket.SOCK_STREAM)
-
-
-def port_of(url: str) -> int:
-    return int(url.rsplit(":", 1)[1].split("/")[0])
 
 
 # Item 2: a close during the connect never puts the upgrade in clear text ----------------
@@ -176,22 +172,11 @@ def test_descriptors_over_1023_connect_and_reconnect(emulator: Emulator) -> None
     )
     reconnected = opened(client, 2)
     with client:
-        fds = [c.fd for c in c2sync_sockets(emulator)]
+        fds = [c.fd for c in client_sockets(emulator)]  # type: ignore[attr-defined]
         assert fds and min(fds) > 1023, fds
         emulator.drop()
         assert reconnected.wait(WAIT), "no reconnect"
         assert client.subscribe(c2sync.SIGNAL, STRATEGY, timeout=WAIT).strategy_id == STRATEGY
-
-
-def c2sync_sockets(emulator: Emulator) -> list[Any]:
-    import psutil
-
-    port = port_of(emulator.url)
-    return [
-        c
-        for c in psutil.Process().net_connections(kind="tcp")
-        if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
-    ]
 
 
 # Item 11: close codes and reasons -------------------------------------------------------
