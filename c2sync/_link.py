@@ -297,6 +297,8 @@ class Link:
             try:
                 while True:
                     now = time.monotonic()
+                    if now >= deadline:
+                        raise socket.timeout("connect")
                     if infos and (not racing or now >= start_next):
                         family, kind, proto, _, address = infos.pop(0)
                         try:
@@ -318,8 +320,6 @@ class Link:
                         continue
                     if not racing:
                         raise error or OSError("the host has no address")
-                    if now >= deadline:
-                        raise socket.timeout("connect")
                     wait = deadline - now if not infos else min(deadline, start_next) - now
                     for key, _ in selector.select(max(0.0, wait)):
                         if key.fileobj is waker:
