@@ -20,10 +20,23 @@ it connects TCP, talks to a proxy, wraps TLS and does the HTTP upgrade itself, s
 - redirects are never followed, and the key is sent only to the URL's host, in the
   upgrade request's ``Authorization`` header, over the scheme the user chose;
 - whatever the server echoes back is redacted (``***``) before it reaches an exception;
-- :meth:`cut` wakes a connect, a read or a send in progress at once, from any thread
-  (a socket pair wakes the TCP connect; shutting the socket down wakes the rest), which
-  is how ``close()`` interrupts a reconnect and the watchdog enforces the heartbeat
-  deadline (docs/websocket-client-facts.md "Waking a blocked reader").
+- :meth:`cut` wakes a name resolution, a connect, a read or a send in progress at once,
+  from any thread (an event abandons the resolution, a socket pair wakes the TCP connect;
+  shutting the socket down wakes the rest), which is how ``close()`` interrupts a
+  reconnect and the watchdog enforces its deadlines (docs/websocket-client-facts.md
+  "Waking a blocked reader"). It shuts the descriptor down and never touches the TLS
+  state: ``SSLSocket.shutdown()`` and ``close()`` drop the TLS object first, after which
+  a ``sendall`` in the owner's thread would go out in clear text (docs/security.md). Only
+  the thread that opens and reads the link closes its socket (:meth:`release`);
+- names are resolved on a short-lived helper thread the opener waits on (the system
+  resolver cannot be interrupted; a cut abandons it), and the addresses are raced as in
+  Happy Eyeballs (RFC 8305): the next one is tried 250 ms after the last began, or at once
+  when it failed, so a blackholed first address costs 250 ms, not the deadline, and an
+  address family the host cannot create sockets for (IPv6 disabled) is skipped;
+- every send after the open is bounded too (:meth:`send`): a send that cannot finish
+  within ``connect_timeout`` (a peer that stopped reading) is cut by the watchdog
+  (:attr:`send_deadline`) and the link is lost; a caller with a deadline of its own waits
+  for the send lock no longer than it.
 
 Frames are read by :class:`~c2sync._framing.FrameReader` and built by websocket-client's
 ``ABNF`` (masking, RFC 6455 section 5.3). No websocket-client exception type escapes: a
@@ -33,14 +46,17 @@ lost or failed link is a :class:`~c2sync.exceptions.ConnectionClosed`.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import os
-import select
+import selectors
 import socket
 import ssl
 import struct
 import threading
 import time
+from collections.abc import Callable
+from itertools import zip_longest
 from typing import Any, Union
 
 import websocket
@@ -52,13 +68,23 @@ from ._proxy import parse_proxy, resolve_proxy
 from ._redact import redact
 from .exceptions import ConnectionClosed, HandshakeError, ProtocolError
 
-__all__ = ["Link"]
+__all__ = ["Link", "resolve"]
 
 _TEXT, _BINARY = websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY
 
 logger = logging.getLogger("c2sync.link")
 
 Text = Union[str, bytes]  # evaluated at run time: no "|" on Python 3.9
+
+ATTEMPT_DELAY = 0.25  # RFC 8305 section 5, "Connection Attempt Delay" (its recommended value)
+_IN_PROGRESS = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN)
+MAX_REASON = 123  # bytes of a close reason (RFC 6455 5.5: a control frame's 125, less the code)
+
+
+def resolve(host: str, port: int) -> list[Any]:
+    """The TCP addresses of ``host`` (``socket.getaddrinfo``). A seam: tests replace this
+    module attribute to play a resolver that hangs or answers what they need."""
+    return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
 
 
 class Link:
@@ -77,6 +103,14 @@ class Link:
         self._sock: socket.socket | None = None
         self._waker: tuple[socket.socket, socket.socket] | None = None
         self._cut = False
+        self._why = ""  # why it was cut
+        self._resolving: threading.Event | None = None  # set by cut(): abandon the resolver
+        self._send_timeout = options.connect_timeout
+        self.send_deadline: float | None = None
+        """When the send in progress must have finished, or None (read by the watchdog)."""
+        self.on_stall: Callable[[], None] | None = None
+        """Called when a send finds another in progress (the session wakes the watchdog,
+        which cuts a send that outlives :attr:`send_deadline`)."""
         self._upgraded = False  # frames may be sent (a close frame before it would be noise)
         self._close_sent = False
         self._reader: FrameReader | None = None
@@ -128,6 +162,7 @@ class Link:
             if target.secure:
                 phase = f"the TLS handshake with {target.host} did not finish"
                 sock = self._tls(sock, deadline)
+            self._check_cut()  # the key goes out next
             phase = f"no upgrade response from {options.safe_url}"
             leftover = upgrade(sock, target, options, deadline)
             self._upgraded = True
@@ -180,11 +215,16 @@ class Link:
         self._early = texts[1:]
         return texts[0]
 
+    def _check_cut(self) -> None:
+        with self._lock:
+            if self._cut:
+                raise ConnectionClosed(None, "", "the client was closed while connecting")
+
     def _connect_tcp(self, host: str, port: int, deadline: float) -> socket.socket:
-        """A TCP connection to the first address of ``host`` that answers; ``cut()`` wakes
-        it (name resolution is bounded only as far as the system resolver allows)."""
+        """A TCP connection to ``host``: its addresses raced (see the module docstring);
+        ``cut()`` wakes the resolution and the connect."""
         try:
-            infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+            infos = self._resolve(host, port, deadline)
         except socket.gaierror as exc:
             where = self._options.safe_url if host == self._host else f"the proxy {host}"
             raise socket.gaierror(f"cannot resolve the host of {where} ({exc.strerror})") from exc
@@ -195,38 +235,111 @@ class Link:
                     end.close()
                 raise ConnectionClosed(None, "", "the client was closed while connecting")
             self._waker = waker
-        error: OSError | None = None
-        for family, kind, proto, _, address in infos:
-            sock = socket.socket(family, kind, proto)
-            with self._lock:
-                self._sock = sock
-            try:
-                self._connect_one(sock, address, deadline)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                return sock
-            except OSError as exc:
-                sock.close()
-                if isinstance(exc, socket.timeout) or self._cut:
-                    raise
-                error = exc
-        assert error is not None
-        raise error
-
-    def _connect_one(self, sock: socket.socket, address: Any, deadline: float) -> None:
-        sock.setblocking(False)
-        code = sock.connect_ex(address)
-        if code in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
-            assert self._waker is not None
-            remaining = max(0.0, deadline - time.monotonic())
-            readable, writable, _ = select.select([self._waker[0]], [sock], [], remaining)
-            if readable:
-                raise ConnectionClosed(None, "", "the client was closed while connecting")
-            if not writable:
-                raise socket.timeout("connect")
-            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if code:
-            raise OSError(code, f"{os.strerror(code)} ({address[0]}:{address[1]})")
+        sock = self._race(_interleaved(infos), waker[0], deadline)
+        with self._lock:
+            self._sock = sock  # released with the link from now on
+            cut = self._cut
+        if cut:
+            raise ConnectionClosed(None, "", "the client was closed while connecting")
         sock.setblocking(True)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def _resolve(self, host: str, port: int, deadline: float) -> list[Any]:
+        """``resolve(host, port)`` on a helper thread, waited for until ``deadline`` or a
+        cut, whichever comes first: the system resolver cannot be interrupted, so a cut
+        abandons it (the daemon helper ends when the resolver returns). An IP literal
+        needs no resolver and is answered here."""
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            pass
+        else:
+            return resolve(host, port)
+        done = threading.Event()
+        outcome: list[Any] = []
+
+        def work() -> None:
+            try:
+                outcome.append(resolve(host, port))
+            except BaseException as exc:  # handed to the opener
+                outcome.append(exc)
+            finally:
+                done.set()
+
+        with self._lock:
+            if self._cut:
+                raise ConnectionClosed(None, "", "the client was closed while connecting")
+            self._resolving = done
+        helper = threading.Thread(target=work, name="c2sync-resolve", daemon=True)
+        helper.start()
+        done.wait(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            self._resolving = None
+            cut = self._cut
+        if cut:
+            raise ConnectionClosed(None, "", "the client was closed while connecting")
+        if not outcome:
+            raise socket.timeout("resolve")
+        helper.join(1.0)  # it is past its work: only its last lines are left
+        result = outcome.pop()
+        if isinstance(result, BaseException):
+            raise result
+        return result  # type: ignore[no-any-return]
+
+    def _race(self, infos: list[Any], waker: socket.socket, deadline: float) -> socket.socket:
+        """The first of ``infos`` to connect; a new attempt starts :data:`ATTEMPT_DELAY`
+        after the last one began, or at once when one fails (RFC 8305 section 5)."""
+        racing: dict[Any, Any] = {}  # socket -> address, the attempts in flight
+        error: OSError | None = None
+        start_next = 0.0
+        with selectors.DefaultSelector() as selector:  # no select(): fds over 1023 work
+            selector.register(waker, selectors.EVENT_READ)
+            try:
+                while True:
+                    now = time.monotonic()
+                    if now >= deadline:
+                        raise socket.timeout("connect")
+                    if infos and (not racing or now >= start_next):
+                        family, kind, proto, _, address = infos.pop(0)
+                        try:
+                            sock = socket.socket(family, kind, proto)
+                        except OSError as exc:  # e.g. EAFNOSUPPORT: IPv6 is off here
+                            error = exc
+                            continue
+                        sock.setblocking(False)
+                        code = sock.connect_ex(address)
+                        if code == 0:
+                            return sock
+                        if code not in _IN_PROGRESS:
+                            sock.close()
+                            error = _refused(code, address)
+                            continue
+                        racing[sock] = address
+                        selector.register(sock, selectors.EVENT_WRITE)
+                        start_next = now + ATTEMPT_DELAY
+                        continue
+                    if not racing:
+                        raise error or OSError("the host has no address")
+                    wait = deadline - now if not infos else min(deadline, start_next) - now
+                    for key, _ in selector.select(max(0.0, wait)):
+                        if key.fileobj is waker:
+                            raise ConnectionClosed(
+                                None, "", "the client was closed while connecting"
+                            )
+                        done = key.fileobj
+                        assert isinstance(done, socket.socket)
+                        address = racing.pop(done)
+                        selector.unregister(done)
+                        code = done.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                        if not code:
+                            return done
+                        done.close()
+                        error = _refused(code, address)
+                        start_next = 0.0  # a failure starts the next attempt at once
+            finally:
+                for sock in racing:
+                    sock.close()
 
     def _tls(self, sock: socket.socket, deadline: float) -> socket.socket:
         # docs/websocket-client-facts.md "TLS": verification stays on unless the user's
@@ -291,14 +404,23 @@ class Link:
         exceptions and logs)."""
         return CloseFrame(close.code, redact(close.reason, self._options.api_key))
 
-    def send(self, text: str) -> None:
+    def send(self, text: str, deadline: float | None = None) -> None:
         """Send one text frame, whole (from any thread).
 
+        A send that has not finished ``connect_timeout`` seconds after it began (the peer
+        stopped reading) is cut by the watchdog, and the link is lost.
+
+        Args:
+            text: the frame's text.
+            deadline: ``time.monotonic()`` after which the caller gives up waiting for
+                another thread's send to finish (None: the send bound).
+
         Raises:
-            ConnectionClosed: the link is not open or the send failed (the reader will see
-                the loss too).
+            ConnectionClosed: the link is not open, was cut, or the send failed (the reader
+                will see the loss too).
+            TimeoutError: another send held the link past ``deadline``.
         """
-        self._send_frame(_TEXT, text)
+        self._send_frame(_TEXT, text, deadline)
 
     def send_binary(self, data: bytes) -> None:
         """Send one binary frame, whole (from any thread). Raises as :meth:`send`."""
@@ -312,27 +434,60 @@ class Link:
             raise socket.timeout("the connect deadline passed")
         self._send_frame(websocket.ABNF.OPCODE_PONG, payload)
 
-    def _send_frame(self, opcode: int, payload: str | bytes) -> None:
+    def _send_frame(self, opcode: int, payload: str | bytes, deadline: float | None = None) -> None:
         frame = client_frame(opcode, payload)
-        with self._send_lock:
+        lock = self._send_lock
+        if not lock.acquire(False):
+            self._wait_to_send(deadline)
+        try:
             sock = self._sock
-            if sock is None:
-                raise ConnectionClosed(None, "", "the link is not open")
+            if sock is None or self._cut:
+                raise ConnectionClosed(None, "", f"the link is not open{self._cut_by()}")
+            self.send_deadline = time.monotonic() + self._send_timeout
+            if deadline is not None and self.on_stall is not None:
+                self.on_stall()  # a caller's request (rare): the watchdog learns its bound
             try:
                 sock.sendall(frame)
             except OSError as exc:
-                raise ConnectionClosed(None, "", f"send failed: {exc}") from exc
+                why = self._why if self._cut else str(exc)
+                raise ConnectionClosed(None, "", f"send failed: {why}") from exc
+            finally:
+                self.send_deadline = None
+        finally:
+            lock.release()
 
-    def send_close(self, code: int | None, reason: str = "") -> None:
-        """Send a close frame once (an empty one for ``code=None``); errors are ignored
-        (the link is ending anyway)."""
+    def _wait_to_send(self, deadline: float | None) -> None:
+        """Another thread is sending: wake the watchdog (it cuts a send that outlives its
+        bound) and wait for the send lock, until ``deadline`` or the send bound."""
+        stall = self.on_stall
+        if stall is not None:
+            stall()
+        bound = self._send_timeout
+        limit = bound if deadline is None else deadline - time.monotonic()
+        if self._send_lock.acquire(timeout=max(0.0, limit)):
+            return
+        if deadline is not None:
+            raise TimeoutError("another send held the link past the deadline")
+        why = f"a send did not finish within {bound:g} s"
+        self.cut(why)  # the watchdog's job, done here when nothing else did it
+        raise ConnectionClosed(None, "", f"send failed: {why}")
+
+    def _cut_by(self) -> str:
+        return f" (cut: {self._why})" if self._cut and self._why else ""
+
+    def send_close(
+        self, code: int | None, reason: str = "", deadline: float | None = None
+    ) -> None:
+        """Send a close frame once (an empty one for ``code=None``), its reason cut to 123
+        bytes of valid UTF-8; errors are ignored (the link is ending anyway). ``deadline``
+        as for :meth:`send`."""
         with self._lock:
             if self._sock is None or not self._upgraded or self._close_sent:
                 return
             self._close_sent = True
-        payload = b"" if code is None else struct.pack("!H", code) + reason.encode()[:123]
+        payload = b"" if code is None else struct.pack("!H", code) + close_reason(reason)
         try:
-            self._send_frame(websocket.ABNF.OPCODE_CLOSE, payload)
+            self._send_frame(websocket.ABNF.OPCODE_CLOSE, payload, deadline)
         except (ConnectionClosed, OSError, ValueError):
             pass
 
@@ -353,34 +508,68 @@ class Link:
         self.release()
 
     def cut(self, why: str) -> None:
-        """Shut the socket down, from any thread: wakes a connect, a read or a send in
-        progress at once; an open in progress fails."""
-        with self._lock:
-            self._cut = True
-            sock, waker = self._sock, self._waker
+        """Shut the socket down, from any thread: wakes a resolution, a connect, a read or
+        a send in progress at once; an open in progress fails. The socket stays open for
+        its owner to release (see the module docstring)."""
         logger.debug("cutting the link: %s", why)
-        if waker is not None:
-            try:
-                waker[1].send(b"x")
-            except OSError:
-                pass
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        with self._lock:  # so release() cannot close what is shut down here
+            if not self._cut:
+                self._cut, self._why = True, why
+            if self._resolving is not None:
+                self._resolving.set()
+            if self._waker is not None:
+                try:
+                    self._waker[1].send(b"x")
+                except OSError:
+                    pass
+            if self._sock is not None:
+                _shut_down(self._sock)
 
     def release(self) -> None:
-        """Close the socket without a close frame (it was dealt with, or cannot be)."""
+        """Close the socket without a close frame (it was dealt with, or cannot be). Only
+        the thread that opens and reads the link calls it; others :meth:`cut`."""
         with self._lock:
             sock, self._sock = self._sock, None
             waker, self._waker = self._waker, None
-        for end in (sock, *(waker or ())):
-            if end is not None:
-                try:
-                    end.close()
-                except OSError:
-                    pass
+            if sock is not None:
+                _shut_down(sock)  # first: whatever close() does to the TLS state after
+            for end in (sock, *(waker or ())):
+                if end is not None:
+                    try:
+                        end.close()
+                    except OSError:
+                        pass
+
+
+def _shut_down(sock: socket.socket) -> None:
+    """Shut both directions of ``sock``'s descriptor down. On TLS, at the descriptor:
+    ``SSLSocket.shutdown`` drops the TLS object first, and a ``sendall`` racing it in
+    another thread would then write in clear text; with the object kept, it fails."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass  # not connected yet, or already gone
+
+
+def _interleaved(infos: list[Any]) -> list[Any]:
+    """Addresses in the resolver's order, alternating address families (RFC 8305
+    section 4), so a broken family costs one attempt, not all of its addresses."""
+    if not infos:
+        return []
+    first = [info for info in infos if info[0] == infos[0][0]]
+    other = [info for info in infos if info[0] != infos[0][0]]
+    return [info for pair in zip_longest(first, other) for info in pair if info is not None]
+
+
+def _refused(code: int, address: Any) -> OSError:
+    return OSError(code, f"{os.strerror(code)} ({address[0]}:{address[1]})")
+
+
+def close_reason(reason: str) -> bytes:
+    """A close reason as sent: UTF-8 (a lone surrogate becomes ``?``), cut to
+    :data:`MAX_REASON` bytes on a character boundary (RFC 6455 5.5.1: valid UTF-8 only)."""
+    data = reason.encode("utf-8", "replace")[:MAX_REASON]
+    return data.decode("utf-8", "ignore").encode("utf-8")
 
 
 class MaskKeys:

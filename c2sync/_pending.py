@@ -129,6 +129,10 @@ class Pending:
                 forget(waiter.request_id)
                 self.forget(waiter.request_id)
                 return None
+            except TimeoutError:  # another send held the link past the deadline
+                forget(waiter.request_id)
+                self.forget(waiter.request_id)
+                raise TimeoutError(f"could not send {what} in time") from None
             return waiter
         finally:
             self.order.release()

@@ -88,7 +88,9 @@ class Session:
         self._checkpoint = options.checkpoint
         self.inbox = Inbox(options.max_queue, self._last_delivered)
         self.pending = Pending()
-        self.watchdog = Watchdog(lambda: self.protocol.deadline, self._expire, self._cut)
+        self.watchdog = Watchdog(
+            lambda: self.protocol.deadline, self._expire, self._cut, self._send_deadline
+        )
         self._link: Link | None = None
         self._stop = threading.Event()  # wakes the reader out of a backoff wait
         self.reader = Reader(self, self._stop)
@@ -125,6 +127,7 @@ class Session:
         options = self.options
         deadline = time.monotonic() + options.connect_timeout
         link: Link = (options.link_factory or Link)(options)
+        link.on_stall = self.watchdog.wake  # a send found another in progress: check its bound
         with self.lock:
             if self.life.closing:
                 raise ConnectionClosed(None, "", "the client was closed while connecting")
@@ -190,6 +193,10 @@ class Session:
             link = self._link
         if link is not None:
             link.cut(why)
+
+    def _send_deadline(self) -> float | None:
+        link = self._link  # one read: no lock needed for a hint the watchdog re-reads
+        return None if link is None else link.send_deadline
 
     # Handing out -----------------------------------------------------------------------
 
@@ -312,12 +319,12 @@ class Session:
                 assert self._link is not None
                 request_id, frame = self.protocol.request(action, channel, strategy_id, resume_from)
                 restart = self.protocol.take_restart()
-                waiter, send = self.pending.add(request_id), self._link.send
+                waiter, link_send = self.pending.add(request_id), self._link.send
             if restart is not None:
                 # Before the request goes out, so only what came before it is superseded
                 # (outside the lock: the queues' locks are never taken under it).
                 replay_restarted(self, restart)
-            return waiter, frame, send
+            return waiter, frame, lambda text: link_send(text, deadline)
 
         return self.pending.request(
             what, timeout, register, self._forget, resend=self.options.reconnect
@@ -349,28 +356,12 @@ class Session:
         current = threading.current_thread()
         first = self.life.begin_close()
         if first:
-            logger.info("closing (code %d)", code)
-            self._stop.set()
-            if clean:
-                self._commit_in_hand()
-            if self.life.failure is None:
-                self.inbox.end(_closed_by_user, discard=True)
-            with self.lock:
-                link = self._link
-            reader = self.reader.thread
-            if link is not None:
-                # docs/websocket-client-facts.md "closing": arm the cut, send the close
-                # frame, wait for the reader up to the grace, cut, join.
-                self.watchdog.arm_close(CLOSE_GRACE)
-                link.send_close(code, reason)
-                if reader is not None and reader is not current:
-                    reader.join(CLOSE_GRACE)
-                link.cut("close")
-            if reader is not None and reader is not current:
-                reader.join(JOIN_BOUND)
-            if reader is None and link is not None:
-                link.release()
-            self._finish(None)
+            try:
+                self._close_link(code, reason, clean, current)
+            except Exception as exc:  # a bug: close() still ends the client, threads joined
+                log_failure(logger, self.redact, exc, "closing the link failed")
+            finally:
+                self._finish(None)
         for thread in self.threads():
             if thread is not current and thread.is_alive():
                 thread.join(JOIN_BOUND)
@@ -381,6 +372,30 @@ class Session:
         if first:
             # After the dispatcher: a callback that returned during close() counts.
             self._flush_checkpoint()
+
+    def _close_link(self, code: int, reason: str, clean: bool, current: threading.Thread) -> None:
+        logger.info("closing (code %d)", code)
+        self._stop.set()
+        if clean:
+            self._commit_in_hand()
+        if self.life.failure is None:
+            self.inbox.end(_closed_by_user, discard=True)
+        with self.lock:
+            link = self._link
+        reader = self.reader.thread
+        if link is not None:
+            # docs/websocket-client-facts.md "closing": arm the cut, send the close frame,
+            # wait for the reader up to the grace, cut, join. The link's socket is closed
+            # by the thread that opened it (the reader, or a connect() still running).
+            self.watchdog.arm_close(CLOSE_GRACE)
+            try:
+                link.send_close(code, reason, time.monotonic() + CLOSE_GRACE)
+                if reader is not None and reader is not current:
+                    reader.join(CLOSE_GRACE)
+            finally:
+                link.cut("close")
+        if reader is not None and reader is not current:
+            reader.join(JOIN_BOUND)
 
     def _flush_checkpoint(self) -> None:
         flush = getattr(self.options.checkpoint, "flush", None)

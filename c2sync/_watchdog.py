@@ -1,7 +1,11 @@
 """The watchdog: one thread that sleeps until a deadline, then cuts the link.
 
-Two deadlines: the server's heartbeat deadline (docs/protocol.md section 5), which the session
-reports through ``deadline()``, and a ``close()``'s grace (:meth:`Watchdog.arm_close`).
+Three deadlines: the server's heartbeat deadline (docs/protocol.md section 5), which the
+session reports through ``deadline()``; a ``close()``'s grace (:meth:`Watchdog.arm_close`);
+and the bound of a send in progress (``send_deadline()``, the link's
+:attr:`~c2sync._link.Link.send_deadline`), looked at whenever the watchdog wakes: the link
+wakes it when a send finds another one in progress (a peer that stopped reading blocks
+the first), so the hot path of an ack pays no wake-up.
 The reader thread moves the heartbeat deadline on with every heartbeat without waking this
 thread: it wakes at the old deadline, finds the new one and sleeps again, so an idle client
 costs one wake-up per heartbeat at most and nothing polls. ``close()`` and the session call
@@ -29,6 +33,7 @@ class Watchdog:
         expire: called at that deadline with the time; returns whether the link is
             really dead (the session checks again under its lock) and must be cut.
         cut: shuts the current link down, with the reason.
+        send_deadline: when the send in progress must have finished, or None.
     """
 
     def __init__(
@@ -36,12 +41,15 @@ class Watchdog:
         deadline: Callable[[], float | None],
         expire: Callable[[float], bool],
         cut: Callable[[str], None],
+        send_deadline: Callable[[], float | None] = lambda: None,
     ) -> None:
         self._deadline = deadline
+        self._send_deadline = send_deadline
         self._expire = expire
         self._cut = cut
         self._cond = threading.Condition(threading.Lock())
         self._close_deadline: float | None = None
+        self._send_cut: float | None = None  # the send deadline already acted on
         self._stopped = False
         self.thread = threading.Thread(target=self._run, name="c2sync-watchdog", daemon=True)
 
@@ -70,7 +78,12 @@ class Watchdog:
             while not self._stopped:
                 now = time.monotonic()
                 heartbeat = self._deadline()
-                deadlines = [d for d in (heartbeat, self._close_deadline) if d is not None]
+                sending = self._send_deadline()
+                if sending is not None and sending == self._send_cut:
+                    sending = None  # cut already; its sender is on its way out
+                deadlines = [
+                    d for d in (heartbeat, self._close_deadline, sending) if d is not None
+                ]
                 if not deadlines:
                     cond.wait()
                     continue
@@ -81,5 +94,8 @@ class Watchdog:
                 if self._close_deadline is not None and now >= self._close_deadline:
                     self._close_deadline = None
                     self._cut("close grace over")
+                elif sending is not None and now >= sending:
+                    self._send_cut = sending
+                    self._cut("a send did not finish in time (the peer stopped reading)")
                 elif heartbeat is not None and now >= heartbeat and self._expire(now):
                     self._cut("heartbeat timeout")

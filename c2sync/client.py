@@ -157,9 +157,22 @@ class Client:
         """Close the connection; idempotent, safe from any thread or callback, bounded.
 
         Args:
-            code: the close code sent (1000).
-            reason: the close reason sent.
+            code: the close code sent: 1000 (normal), 1011 (an error on this side, as a
+                ``with`` block left by an exception sends), or 3000-4999 (registered and
+                private codes; RFC 6455 7.4).
+            reason: the close reason sent, cut to 123 bytes of UTF-8 (on a character
+                boundary).
+
+        Raises:
+            ValueError: ``code`` is not one a client may send (nothing is closed).
+            TypeError: ``reason`` is not a str.
         """
+        if isinstance(code, bool) or not isinstance(code, int):
+            raise ValueError(f"close code must be an int, not {type(code).__name__}")
+        if code not in (CLOSE_NORMAL, CLOSE_INTERNAL_ERROR) and not 3000 <= code <= 4999:
+            raise ValueError(f"close code must be 1000, 1011 or 3000-4999, not {code}")
+        if not isinstance(reason, str):
+            raise TypeError(f"close reason must be a str, not {type(reason).__name__}")
         self._session.close(code, reason, clean=code == CLOSE_NORMAL)
 
     def __enter__(self) -> Client:

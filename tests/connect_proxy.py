@@ -201,7 +201,7 @@ class ConnectProxy:
             self._answer(client, method, target, headers, 200, "Connection Established")
             if extra:
                 upstream.sendall(extra)
-            _pipe(client, upstream, self._wake_r)
+            pipe(client, upstream, self._wake_r)
         except OSError:
             pass  # the peer went away, or close() cut the socket
         finally:
@@ -292,9 +292,15 @@ def _read_head(
     return (parts[0], parts[1], headers), extra
 
 
-def _pipe(a: socket.socket, b: socket.socket, wake: socket.socket) -> None:
+def pipe(
+    a: socket.socket,
+    b: socket.socket,
+    wake: socket.socket,
+    record: Callable[[bytes], None] | None = None,
+) -> None:
     """Copy bytes both ways until both sides have ended (half-closes passed on), or until
-    ``wake`` is readable (the proxy closes)."""
+    ``wake`` is readable (the proxy closes). ``record`` sees every chunk ``a`` sent, as it
+    was on the wire."""
     a.setblocking(True)
     b.setblocking(True)
     a.settimeout(None)
@@ -313,6 +319,8 @@ def _pipe(a: socket.socket, b: socket.socket, wake: socket.socket) -> None:
                 assert isinstance(sock, socket.socket)
                 data = sock.recv(_CHUNK)
                 if data:
+                    if record is not None and sock is a:
+                        record(data)
                     peer[sock].sendall(data)
                     continue
                 selector.unregister(sock)

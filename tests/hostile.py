@@ -164,12 +164,22 @@ class RawServer:
     Args:
         handler: what each connection does; an exception in it closes that connection.
         ssl_context: a server context for ``wss://``.
+        rcvbuf: the connections' receive buffer in bytes (set before any connection comes,
+            so the window they announce is small from the start): a server that stops
+            reading then blocks the client's sends soon.
     """
 
-    def __init__(self, handler: Handler, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        ssl_context: ssl.SSLContext | None = None,
+        rcvbuf: int | None = None,
+    ) -> None:
         self._handler = handler
         self._ssl = ssl_context
         self._listener = socket.create_server(("127.0.0.1", 0))
+        if rcvbuf is not None:
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.port = self._listener.getsockname()[1]
         self.conns: list[Conn] = []
         self.accepted = threading.Semaphore(0)

@@ -962,8 +962,8 @@ def test_request_in_flight_during_a_drop_is_sent_again_after_reconnecting(
     class RecordingLink(Link):
         """The real link, noting when a subscription request has gone out."""
 
-        def send(self, text: str) -> None:
-            super().send(text)
+        def send(self, text: str, deadline: float | None = None) -> None:
+            super().send(text, deadline)
             if '"subscription.request"' in text:
                 sent.set()
 

@@ -357,10 +357,10 @@ def test_an_ack_that_cannot_be_sent_loses_none_of_the_frames_read_with_it() -> N
         """The real link, except that sending a heartbeat.ack fails as a dead socket's
         send does."""
 
-        def send(self, message: str) -> None:
+        def send(self, message: str, deadline: float | None = None) -> None:
             if '"heartbeat.ack"' in message:
                 raise c2sync.ConnectionClosed(None, "", "send failed: broken pipe")
-            super().send(message)
+            super().send(message, deadline)
 
     def handler(conn: Conn) -> None:
         conn.accept()
