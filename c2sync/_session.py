@@ -93,6 +93,7 @@ class Session:
         )
         self._link: Link | None = None
         self._stop = threading.Event()  # wakes the reader out of a backoff wait
+        self._starting = threading.Lock()  # held by open() from OPEN to the threads started
         self.reader = Reader(self, self._stop)
         self._heartbeat_expired = False
         self._in_hand: list[Signal] = []  # handed out by recv(), not yet processed
@@ -111,7 +112,11 @@ class Session:
         self.life.begin_open()
         try:
             link = self.connect()
+            # OPEN and the threads started in one step as close() sees it: a close() that
+            # comes in between waits for the threads, so it finds and joins them.
+            self._starting.acquire()
             if not self.life.move(State.OPEN):
+                self._starting.release()
                 link.release()
                 raise ConnectionClosed(None, "", "the client was closed while connecting")
         except BaseException:
@@ -119,8 +124,11 @@ class Session:
             self.inbox.end(self.life.end_error, discard=False)
             self.dispatcher.stop()
             raise
-        self.watchdog.start()
-        self.reader.start(link)
+        try:
+            self.watchdog.start()
+            self.reader.start(link)
+        finally:
+            self._starting.release()
 
     def connect(self) -> Link:
         """Open one link and read ``connection.connected`` within ``connect_timeout``."""
@@ -380,6 +388,8 @@ class Session:
             self._commit_in_hand()
         if self.life.failure is None:
             self.inbox.end(_closed_by_user, discard=True)
+        with self._starting:  # an open() between OPEN and its threads: wait for them
+            pass
         with self.lock:
             link = self._link
         reader = self.reader.thread

@@ -218,3 +218,37 @@ def test_a_failed_first_connect_is_closed_once_and_may_be_retried(
         client.connect()
         assert states.wait_for(4)[2:] == [State.CONNECTING, State.OPEN]
     assert states.wait_for(5)[4] is State.CLOSED
+
+
+def test_a_close_between_open_and_the_threads_starting_joins_them(emulator: Emulator) -> None:
+    """close() landing after connect() moved to OPEN but before it started the reader finds
+    the reader and joins it: no thread the client started outlives close()."""
+    client = c2sync.Client(API_KEY, url=emulator.url, connect_timeout=WAIT)
+    session = client._session
+    start = session.watchdog.start
+    closer: list[threading.Thread] = []
+    closed = threading.Event()
+    reader_at_close: list[object] = []
+
+    def close() -> None:
+        client.close()
+        reader_at_close.append(session.reader.thread)
+        closed.set()
+
+    def close_in_the_window() -> None:
+        # OPEN already; the reader not started yet: a close from another thread lands here.
+        thread = threading.Thread(target=close)
+        closer.append(thread)
+        thread.start()
+        # Without a fix close() returns now, before the reader exists; with one it waits
+        # for the threads (so this bounded wait runs out, and open() goes on).
+        closed.wait(1.0)
+        start()
+
+    session.watchdog.start = close_in_the_window  # type: ignore[method-assign]
+    client.connect()
+    closer[0].join(WAIT)
+    assert closed.is_set() and not closer[0].is_alive()
+    assert reader_at_close[0] is not None, "close() returned before the reader started"
+    assert [t.name for t in session.threads() if t.is_alive()] == []
+    assert client.state is State.CLOSED
