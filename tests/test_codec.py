@@ -744,23 +744,37 @@ def test_lone_surrogates_survive() -> None:
 
 
 # Regression: int() of a >4300-digit string raised ValueError out of parse_message.
+LONG = "1" * 5000
+
+
 @pytest.mark.parametrize(
-    "obj",
+    ("obj", "expected"),
     [
-        {"msg_type": "strategy.signal", "seq_id": 1, "payload": {"strategy_id": "1" * 5000}},
-        {"msg_type": "strategy.positions", "payload": {"StrategyId": "1" * 5000}},
-        {"msg_type": "subscription.ack", "payload": {"strategy_id": "1" * 5000}},
-        {"msg_type": "gap", "payload": {"channel": "strategy.signal:5", "from": "1" * 5000}},
-        {"msg_type": "gap", "payload": {"channel": "strategy.signal:" + "1" * 5000, "from": 1}},
+        ({"msg_type": "strategy.signal", "seq_id": 1, "payload": {"strategy_id": LONG}}, Signal),
+        ({"msg_type": "strategy.positions", "payload": {"StrategyId": LONG}}, Positions),
+        ({"msg_type": "subscription.ack", "payload": {"strategy_id": LONG}}, SubscriptionAck),
+        ({"msg_type": "gap", "payload": {"channel": "strategy.signal:5", "from": LONG}}, "'from'"),
+        (
+            {"msg_type": "gap", "payload": {"channel": "strategy.signal:" + LONG, "from": 1}},
+            "no strategy",
+        ),
     ],
     ids=["signal", "positions", "ack", "gap-from", "gap-channel"],
 )
-def test_long_digit_strings_never_escape_as_value_error(obj: dict[str, Any]) -> None:
-    """A 5000-digit id string gives a Message or ProtocolError, never a bare ValueError."""
-    try:
-        parse_obj(obj)
-    except ProtocolError:
-        pass
+def test_long_digit_strings_never_escape_as_value_error(
+    obj: dict[str, Any], expected: type[Message] | str
+) -> None:
+    """A 5000-digit id string is no id: the message keeps it in its payload with no
+    strategy_id; a gap, which cannot be read without it, is a ProtocolError naming what is
+    wrong. Never a bare ValueError."""
+    if isinstance(expected, str):
+        with pytest.raises(ProtocolError, match=expected):
+            parse_obj(obj)
+        return
+    message = parse_obj(obj)
+    assert type(message) is expected
+    assert message.strategy_id is None  # type: ignore[attr-defined]
+    assert message.payload == obj["payload"]
 
 
 # Regression: astimezone() raised OverflowError at the edges of datetime's range.

@@ -161,15 +161,16 @@ def test_routes_follow_the_registry(steps: list[tuple[bool, str]]) -> None:
     """After any on()/off() sequence, a message of each type is routed to its type's
     handles then the "*" ones, in registration order, as the registry says."""
     dispatcher = Dispatcher(lambda m: None, lambda s: None)
-    handles = []
+    live: list[tuple[str, Any]] = []  # the model: (msg_type, handle) still on, in order
     for add, msg_type in steps:
-        if add or not handles:
-            handles.append(dispatcher.on(msg_type, print))
+        if add or not live:
+            live.append((msg_type, dispatcher.on(msg_type, print)))
         else:
-            dispatcher.off(handles.pop(0))
-        registry = dispatcher.callbacks
+            dispatcher.off(live.pop(0)[1])
         for kind in (SIGNAL, POSITIONS, "gap", "other"):
-            expected = registry.get(kind, ()) + registry.get("*", ())
+            expected = tuple(h for t, h in live if t == kind) + tuple(
+                h for t, h in live if t == "*"
+            )
             assert dispatcher.callbacks_for(Message(msg_type=kind)) == expected
 
 
