@@ -52,6 +52,27 @@ class Mutant(NamedTuple):
 G = "tests/test_guarantees.py::"
 ACK_TEST = G + "test_the_ack_reaches_the_server_before_user_code_sees_the_read"
 
+# The reader hands a read's messages on first and sends the acks after them.
+ACKS_AFTER_DELIVERY = (
+    Edit(
+        "c2sync/_reader.py",
+        "        try:\n            for frame in frames:\n                link.send(frame)\n"
+        "        except ConnectionClosed as exc:\n            failed.append(exc)\n"
+        "        if only_messages:\n            if happened:\n"
+        "                self._deliver(happened)  # type: ignore[arg-type]\n"
+        "            return\n",
+        "        if only_messages:\n            if happened:\n"
+        "                self._deliver(happened)  # type: ignore[arg-type]\n"
+        "            happened = []\n",
+    ),
+    Edit(
+        "c2sync/_reader.py",
+        "        if deliver:\n            self._deliver(deliver)\n\n    def _on_event",
+        "        if deliver:\n            self._deliver(deliver)\n"
+        "        for frame in frames:\n            link.send(frame)\n\n    def _on_event",
+    ),
+)
+
 MUTANTS: tuple[Mutant, ...] = (
     # Connecting --------------------------------------------------------------------------
     Mutant(
@@ -128,25 +149,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "Heartbeats and liveness",
         "each heartbeat is answered before any user code sees anything (a heartbeat too long"
         " for the early scan)",
-        (
-            Edit(
-                "c2sync/_reader.py",
-                "        try:\n            for frame in frames:\n                link.send(frame)\n"
-                "        except ConnectionClosed as exc:\n            failed.append(exc)\n"
-                "        if only_messages:\n            if happened:\n"
-                "                self._deliver(happened)  # type: ignore[arg-type]\n"
-                "            return\n",
-                "        if only_messages:\n            if happened:\n"
-                "                self._deliver(happened)  # type: ignore[arg-type]\n"
-                "            happened = []\n",
-            ),
-            Edit(
-                "c2sync/_reader.py",
-                "        if deliver:\n            self._deliver(deliver)\n\n    def _on_event",
-                "        if deliver:\n            self._deliver(deliver)\n"
-                "        for frame in frames:\n            link.send(frame)\n\n    def _on_event",
-            ),
-        ),
+        ACKS_AFTER_DELIVERY,
         (ACK_TEST + "[long-heartbeat-first-callback]", ACK_TEST + "[long-heartbeat-first-recv]"),
     ),
     Mutant(
@@ -155,23 +158,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "each heartbeat is answered before any user code sees anything (short heartbeats,"
         " before or after long frames in one read)",
         (
-            Edit(
-                "c2sync/_reader.py",
-                "        try:\n            for frame in frames:\n                link.send(frame)\n"
-                "        except ConnectionClosed as exc:\n            failed.append(exc)\n"
-                "        if only_messages:\n            if happened:\n"
-                "                self._deliver(happened)  # type: ignore[arg-type]\n"
-                "            return\n",
-                "        if only_messages:\n            if happened:\n"
-                "                self._deliver(happened)  # type: ignore[arg-type]\n"
-                "            happened = []\n",
-            ),
-            Edit(
-                "c2sync/_reader.py",
-                "        if deliver:\n            self._deliver(deliver)\n\n    def _on_event",
-                "        if deliver:\n            self._deliver(deliver)\n"
-                "        for frame in frames:\n            link.send(frame)\n\n    def _on_event",
-            ),
+            *ACKS_AFTER_DELIVERY,
             Edit(
                 "c2sync/_reader.py",
                 "early = self._heartbeats_first(link, texts, failed) if len(texts) > 1 else None",
