@@ -962,3 +962,12 @@ def test_nesting_beyond_the_fixed_depth_is_malformed_whatever_the_recursion_limi
         assert c2sync.parse_message(text).payload["s"] == "[" * (MAX_DEPTH * 2)
     finally:
         sys.setrecursionlimit(previous)
+
+
+def test_a_gap_naming_its_strategy_in_the_payload_takes_it_over_the_channel() -> None:
+    """A gap's strategy_id is the payload's; the channel's suffix only when that is null
+    (docs/api-contract.md "Messages")."""
+    for named, expected in ((5, 5), (None, 7)):
+        payload = {"strategy_id": named, "channel": "strategy.signal:7", "from": 3}
+        gap = parse_obj({"msg_type": "gap", "payload": payload})
+        assert isinstance(gap, Gap) and (gap.strategy_id, gap.from_seq) == (expected, 3)
