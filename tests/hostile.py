@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import select
 import socket
 import ssl
 import struct
@@ -83,6 +84,25 @@ class Conn:
                 return payload.decode()
             if opcode == 0x8:
                 raise EOFError("the client closed")
+
+    def texts_waiting(self) -> list[str]:
+        """The client's text frames already in this socket's receive buffer, without
+        waiting (safe beside another thread sending on the socket: the timeout is not
+        touched). Frames cut in the middle stay for the next call."""
+        texts = []
+        while True:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+            chunk = self.sock.recv(65536) if readable else b""
+            self._unread += chunk
+            while True:
+                parsed = _client_frame(self._unread)
+                if parsed is None:
+                    break
+                (opcode, payload), self._unread = parsed
+                if opcode == 0x1:
+                    texts.append(payload.decode())
+            if not chunk:
+                return texts
 
     def read_frames(self, limit: float = WAIT) -> list[tuple[int, bytes]]:
         """Read client frames (unmasked here) until EOF or ``limit`` seconds of silence."""

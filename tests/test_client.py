@@ -774,20 +774,27 @@ def test_garbage_collected_client_closes_its_connection(emulator: Emulator) -> N
     assert c2sync_threads() == []
 
 
-def test_state_callbacks_report_open_and_closed(client: c2sync.Client) -> None:
-    """on_state(fn) is called with CLOSED when the client closes; repr shows the state."""
+def test_state_callbacks_report_open_and_closed(emulator: Emulator) -> None:
+    """on_state(fn), registered before connect(), is called with each new state in order:
+    CONNECTING, OPEN, then CLOSED when the client closes; repr shows the state."""
     states: list[c2sync.State] = []
-    done = threading.Event()
+    closed = threading.Event()
 
     def on_state(state: c2sync.State) -> None:
         states.append(state)
-        done.set()
+        if state is c2sync.State.CLOSED:
+            closed.set()
 
-    client.on_state(on_state)
-    assert "OPEN" in repr(client)
-    client.close()
-    assert done.wait(WAIT)
-    assert states == [c2sync.State.CLOSED]
+    client = c2sync.Client(API_KEY, url=emulator.url)
+    try:
+        client.on_state(on_state)
+        assert "CLOSED" in repr(client)  # never connected
+        client.connect()
+        assert "OPEN" in repr(client)
+    finally:
+        client.close()
+    assert closed.wait(WAIT)
+    assert states == [c2sync.State.CONNECTING, c2sync.State.OPEN, c2sync.State.CLOSED]
     assert "CLOSED" in repr(client)
 
 
@@ -912,7 +919,8 @@ def test_api_key_never_appears_in_logs_reprs_or_errors(
             client.subscribe(c2sync.SIGNAL, FORBIDDEN_STRATEGY)
         except c2sync.ServerError as exc:
             texts.append(str(exc))
-        emulator.drop()  # the reconnect path logs too
+        emulator.drop()  # the reconnect path logs too: closed only once it reconnected
+        emulator.wait_for(lambda: client.stats.reconnects == 1, WAIT)
         client.close()
         for key in (API_KEY, "x" + API_KEY):  # a refused handshake, then a refused key
             if key == API_KEY:
@@ -920,6 +928,7 @@ def test_api_key_never_appears_in_logs_reprs_or_errors(
             with pytest.raises(c2sync.HandshakeError) as info:
                 c2sync.connect(key, url=emulator.url)
             texts += [str(info.value), repr(info.value), repr(info.value.__cause__)]
+    assert any("reconnecting" in r.getMessage() for r in caplog.records)
     texts += [r.getMessage() for r in caplog.records]
     texts += [str(r.exc_info[1]) for r in caplog.records if r.exc_info]
     # Formatted as a handler would: tracebacks and chained causes included.

@@ -763,23 +763,37 @@ def test_lone_surrogates_survive() -> None:
 
 
 # Regression: int() of a >4300-digit string raised ValueError out of parse_message.
+LONG = "1" * 5000
+
+
 @pytest.mark.parametrize(
-    "obj",
+    ("obj", "expected"),
     [
-        {"msg_type": "strategy.signal", "seq_id": 1, "payload": {"strategy_id": "1" * 5000}},
-        {"msg_type": "strategy.positions", "payload": {"StrategyId": "1" * 5000}},
-        {"msg_type": "subscription.ack", "payload": {"strategy_id": "1" * 5000}},
-        {"msg_type": "gap", "payload": {"channel": "strategy.signal:5", "from": "1" * 5000}},
-        {"msg_type": "gap", "payload": {"channel": "strategy.signal:" + "1" * 5000, "from": 1}},
+        ({"msg_type": "strategy.signal", "seq_id": 1, "payload": {"strategy_id": LONG}}, Signal),
+        ({"msg_type": "strategy.positions", "payload": {"StrategyId": LONG}}, Positions),
+        ({"msg_type": "subscription.ack", "payload": {"strategy_id": LONG}}, SubscriptionAck),
+        ({"msg_type": "gap", "payload": {"channel": "strategy.signal:5", "from": LONG}}, "'from'"),
+        (
+            {"msg_type": "gap", "payload": {"channel": "strategy.signal:" + LONG, "from": 1}},
+            "no strategy",
+        ),
     ],
     ids=["signal", "positions", "ack", "gap-from", "gap-channel"],
 )
-def test_long_digit_strings_never_escape_as_value_error(obj: dict[str, Any]) -> None:
-    """A 5000-digit id string gives a Message or ProtocolError, never a bare ValueError."""
-    try:
-        parse_obj(obj)
-    except ProtocolError:
-        pass
+def test_long_digit_strings_never_escape_as_value_error(
+    obj: dict[str, Any], expected: type[Message] | str
+) -> None:
+    """A 5000-digit id string is no id: the message keeps it in its payload with no
+    strategy_id; a gap, which cannot be read without it, is a ProtocolError naming what is
+    wrong. Never a bare ValueError."""
+    if isinstance(expected, str):
+        with pytest.raises(ProtocolError, match=expected):
+            parse_obj(obj)
+        return
+    message = parse_obj(obj)
+    assert type(message) is expected
+    assert message.strategy_id is None  # type: ignore[attr-defined]
+    assert message.payload == obj["payload"]
 
 
 # Regression: astimezone() raised OverflowError at the edges of datetime's range.
@@ -967,3 +981,12 @@ def test_nesting_beyond_the_fixed_depth_is_malformed_whatever_the_recursion_limi
         assert c2sync.parse_message(text).payload["s"] == "[" * (MAX_DEPTH * 2)
     finally:
         sys.setrecursionlimit(previous)
+
+
+def test_a_gap_naming_its_strategy_in_the_payload_takes_it_over_the_channel() -> None:
+    """A gap's strategy_id is the payload's; the channel's suffix only when that is null
+    (docs/api-contract.md "Messages")."""
+    for named, expected in ((5, 5), (None, 7)):
+        payload = {"strategy_id": named, "channel": "strategy.signal:7", "from": 3}
+        gap = parse_obj({"msg_type": "gap", "payload": payload})
+        assert isinstance(gap, Gap) and (gap.strategy_id, gap.from_seq) == (expected, 3)

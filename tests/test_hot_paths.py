@@ -161,15 +161,16 @@ def test_routes_follow_the_registry(steps: list[tuple[bool, str]]) -> None:
     """After any on()/off() sequence, a message of each type is routed to its type's
     handles then the "*" ones, in registration order, as the registry says."""
     dispatcher = Dispatcher(lambda m: None, lambda s: None)
-    handles = []
+    live: list[tuple[str, Any]] = []  # the model: (msg_type, handle) still on, in order
     for add, msg_type in steps:
-        if add or not handles:
-            handles.append(dispatcher.on(msg_type, print))
+        if add or not live:
+            live.append((msg_type, dispatcher.on(msg_type, print)))
         else:
-            dispatcher.off(handles.pop(0))
-        registry = dispatcher.callbacks
+            dispatcher.off(live.pop(0)[1])
         for kind in (SIGNAL, POSITIONS, "gap", "other"):
-            expected = registry.get(kind, ()) + registry.get("*", ())
+            expected = tuple(h for t, h in live if t == kind) + tuple(
+                h for t, h in live if t == "*"
+            )
             assert dispatcher.callbacks_for(Message(msg_type=kind)) == expected
 
 
@@ -288,9 +289,10 @@ def test_a_replay_admitted_past_the_bound_is_released_by_the_quick_pop() -> None
 def test_a_heartbeat_behind_other_frames_is_answered_and_nothing_moves() -> None:
     """One write brings 300 signals, a short signal whose text holds '"heartbeat"' (a false
     hint), a heartbeat, 99 more signals, a heartbeat and one too long to be looked for
-    early (answered in its turn). The reader answers the short heartbeats before parsing
-    the frames around them; every signal still arrives once, in order, and each heartbeat
-    is answered and counted once."""
+    early (answered in its turn). Every signal still arrives once, in order, and each
+    heartbeat is answered and counted once. (That the ack is at the server before user
+    code sees the frames around it is tests/test_guarantees.py's; when it left the client
+    relative to the parsing is a latency, measured by the benchmarks.)"""
     import c2sync
 
     from .conftest import API_KEY

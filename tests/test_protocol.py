@@ -1299,3 +1299,44 @@ def test_explicit_resume_after_unsubscribing_replays_what_was_had_before() -> No
     assert got == [6, 7, 8, 9, 10, 11]
     proto.receive(ack(request_id), 5.0)
     assert [m.seq_id for m in delivered(proto.receive(signal(12), 6.0))] == [12]
+
+
+# Survivors of mutmut over the pure core (issue 30) --------------------------------------
+
+
+def test_an_ack_without_request_id_naming_another_strategy_answers_nothing() -> None:
+    """Without a request_id an ack answers the oldest request for its pair: one naming the
+    right channel but another strategy is not that request's answer."""
+    proto = connected()
+    request_id, _ = proto.request("subscribe", SIGNAL, STRATEGY)
+    assert proto.receive(ack(None, SIGNAL, OTHER), 1.0) == []
+    (answered,) = proto.receive(ack(None, SIGNAL, STRATEGY), 2.0)
+    assert answered.request_id == request_id
+
+
+def test_a_masked_protocol_error_keeps_a_clean_cause_and_drops_one_quoting_the_key() -> None:
+    """A malformed frame's error quoting the key is replaced by a masked copy: chained to
+    the original's cause when that shows no key (the traceback keeps its story), to none
+    when it does, and never to the original (its text would show in a traceback)."""
+    proto = connected(secrets=(KEY,))
+    for cause, kept in ((ValueError("line 1 column 5"), True), (ValueError(f"at {KEY}"), False)):
+        error = ProtocolError(f"bad frame near {KEY}")
+        error.__cause__ = cause
+        (event,) = proto.receive_parsed(error, 1.0)
+        assert isinstance(event, Malformed)
+        shown = event.error
+        assert KEY not in str(shown) and "***" in str(shown)
+        assert (shown.__cause__ is cause) is kept, (cause, shown.__cause__)
+        assert shown.__suppress_context__
+
+
+def test_the_highest_seq_id_there_is_orders_like_any_other() -> None:
+    """2**63 - 1 is a valid seq_id (docs/api-contract.md "Reconnecting"): delivered as a
+    Signal and the new resume point; a repeat of it is a duplicate."""
+    proto = connected()
+    subscribe(proto)
+    top = 2**63 - 1
+    (message,) = delivered(proto.receive(signal(top), 2.0))
+    assert isinstance(message, Signal) and message.seq_id == top
+    assert proto.resume_point(STRATEGY) == top
+    assert delivered(proto.receive(signal(top), 3.0)) == []

@@ -750,7 +750,7 @@ def test_invalid_seq_ids_then_a_drop_restore_the_subscription(
     assert request.error is None
     live = publish(emulator, 2)
     rec.take(lambda: rec.last() == live[-1])
-    assert rec.signals() == [1, 2, 3] if valid_first else [1, 2]
+    assert rec.signals() == ([1, 2, 3] if valid_first else [1, 2])
     assert client.state is State.OPEN and client.stats.reconnects == 1
     assert any("invalid seq_id" in r.getMessage() for r in caplog.records)
     assert not any(r.levelno >= logging.ERROR for r in caplog.records)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from urllib.parse import quote
 
-from c2sync._redact import MASK, MIN_REMEMBERED, Redactor, mask, redact, remember
+from c2sync._redact import MASK, MIN_REMEMBERED, MIN_TAIL, Redactor, mask, redact, remember
 
 from .conftest import API_KEY
 
@@ -82,3 +82,30 @@ def test_a_redactor_masks_a_surrogate_pair_written_as_two_escapes() -> None:
     assert Redactor(key)(f"echo {written}") == "echo ***"
     mixed = written.replace("-", "\\u002d")  # a dash escaped too: not a form, decoded
     assert Redactor(key)(f"echo {mixed}") == "echo ***"
+
+
+def test_every_cut_of_the_key_at_the_end_of_a_text_is_masked() -> None:
+    """A text cut anywhere from MIN_TAIL characters into the key to one short of its end
+    keeps none of it; a shorter tail is left alone (masking 1-3 characters would garble
+    ordinary words)."""
+    for size in range(MIN_TAIL, len(API_KEY)):
+        assert redact(f"echo {API_KEY[:size]}", API_KEY) == f"echo {MASK}", size
+    short = API_KEY[: MIN_TAIL - 1]
+    assert redact(f"echo {short}", API_KEY) == f"echo {short}"
+
+
+def test_the_repr_and_json_forms_are_masked_whole() -> None:
+    """A key a repr escapes is replaced whole in a repr: nothing of it is left around the
+    mask."""
+    key = 'k\u00e9y-"quoted"\\-0123456789'
+    hide = Redactor(key)
+    assert hide(repr(key)) == repr(MASK)
+    assert hide(repr([key, 1])) == repr([MASK, 1])
+    assert hide(json.dumps([key])) == json.dumps([MASK])
+
+
+def test_a_key_of_exactly_the_remembered_length_is_masked_in_reprs() -> None:
+    key = "Zq8#kW2!"  # MIN_REMEMBERED characters, unlike any word a repr shows
+    assert len(key) == MIN_REMEMBERED
+    remember(key)
+    assert mask(f"echo {key}") == f"echo {MASK}"
