@@ -316,8 +316,8 @@ MUTANTS: tuple[Mutant, ...] = (
         (
             Edit(
                 "c2sync/_session.py",
-                "            if clean:\n                self._commit_in_hand()\n",
-                "            if False:\n                self._commit_in_hand()\n",
+                "        if clean:\n            self._commit_in_hand()\n",
+                "        if False:\n            self._commit_in_hand()\n",
             ),
         ),
         (G + "test_a_received_signal_is_saved_at_the_next_receive_not_when_handed_out",),
@@ -363,8 +363,8 @@ MUTANTS: tuple[Mutant, ...] = (
         (
             Edit(
                 "c2sync/_session.py",
-                "                link.send_close(code, reason)\n",
-                "                link.send_close(1001, reason)\n",
+                "                link.send_close(code, reason, time.monotonic() + CLOSE_GRACE)\n",
+                "                link.send_close(1001, reason, time.monotonic() + CLOSE_GRACE)\n",
             ),
         ),
         ("tests/test_client.py::test_close_is_idempotent_and_leaves_nothing_behind",),
@@ -390,11 +390,11 @@ MUTANTS: tuple[Mutant, ...] = (
         (
             Edit(
                 "c2sync/_handshake.py",
-                "    headers = {name: redact(value, *secrets) for name, value in headers.items()}\n"
-                "    text = redact(",
-                "    secrets = secrets if status == 401 else ()\n"
-                "    headers = {name: redact(value, *secrets) for name, value in headers.items()}\n"
-                "    text = redact(",
+                "    the JSON may spell a secret with escapes).\"\"\"\n"
+                "    shown = {hide(name): hide(value) for name, value in headers.items()}\n",
+                "    the JSON may spell a secret with escapes).\"\"\"\n"
+                "    hide = hide if status == 401 else Redactor()\n"
+                "    shown = {hide(name): hide(value) for name, value in headers.items()}\n",
             ),
         ),
         ("tests/test_public_api.py::test_a_refusal_echoing_the_key_shows_it_nowhere",),
