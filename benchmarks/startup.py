@@ -71,7 +71,9 @@ def run_once(target: str, path: str) -> dict[str, float]:
     """One fresh interpreter: its wall time and, but for the CLI, the import's own time."""
     command = _command(target)
     t0 = time.perf_counter()
-    proc = subprocess.run(command, env=_env(path), capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        command, env=_env(path), cwd=path, capture_output=True, text=True, timeout=60
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{target} failed: {proc.stderr[-2000:]}")
@@ -91,9 +93,26 @@ def modules_loaded(statement: str, path: str) -> list[str]:
         "print('\\n'.join(sorted(set(sys.modules) - before)))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], env=_env(path), capture_output=True, text=True, check=True
+        [sys.executable, "-c", code],
+        env=_env(path),
+        cwd=path,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return out.split()
+
+
+def c2sync_file(path: str) -> str:
+    """Which ``c2sync`` a fresh interpreter imports with ``path`` first."""
+    return subprocess.run(
+        [sys.executable, "-c", "import c2sync; print(c2sync.__file__)"],
+        env=_env(path),
+        cwd=path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 def importtime_top(statement: str, path: str, top: int) -> list[tuple[int, int, str]]:
@@ -101,6 +120,7 @@ def importtime_top(statement: str, path: str, top: int) -> list[tuple[int, int, 
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", statement],
         env=_env(path),
+        cwd=path,  # "-c" puts the working directory first on sys.path
         capture_output=True,
         text=True,
         check=True,
@@ -166,6 +186,8 @@ def render(result: dict[str, Any], rounds: int) -> str:
                 cells.append(f"{'-':>22s} {'-':>11s}")
         cells.append(f"{entry.get('modules', '-'):>8}")
         lines.append(" ".join(cells))
+    for target, file in result["files"].items():
+        lines.append(f"{target} is {file}")
     lines.append("")
     lines.append("python -X importtime -c 'import c2sync', largest cumulative (us, one run):")
     for cumulative, self_us, name in result["importtime"]:
@@ -194,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     result["load"] = list(os.getloadavg())
     result["python"] = sys.version.split()[0]
     result["importtime"] = importtime_top("import c2sync", str(ROOT), args.top)
+    result["files"] = {"c2sync": c2sync_file(str(ROOT))}
+    result["files"].update({f"c2sync@{v}": c2sync_file(p) for v, p in variants.items()})
     result["loaded"] = {
         name: modules_loaded(STATEMENTS[name.partition("@")[0]], path)
         for name, path in [("websocket", str(ROOT)), ("c2sync", str(ROOT))]

@@ -13,7 +13,6 @@ proxy credentials) is replaced by ``***`` before it reaches an exception
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import socket
 import time
@@ -148,6 +147,8 @@ def upgrade(sock: socket.socket, target: Target, api_key: str, deadline: float) 
     status, headers, rest = read_head(reading, (api_key,))
     if status != 101:
         raise refusal(status, headers, read_body(reading, headers, rest), (api_key,))
+    import hashlib  # here, not at import: it loads OpenSSL's libcrypto (a few ms)
+
     accept = base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest())
     if (
         headers.get("upgrade", "").lower() != "websocket"
