@@ -9,6 +9,7 @@ timing here (timings are benchmarks/startup.py's, in benchmarks/README.md "Start
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -127,3 +128,26 @@ def test_the_lazy_imports_happen_on_first_use() -> None:
     except ImportError:
         return
     assert "msgspec" in modules  # the [fast] path, picked at the first parse
+
+
+def test_the_startup_benchmark_runs(tmp_path: Path) -> None:
+    """benchmarks/startup.py measures every target and counts modules (one round, no
+    timing checked: its numbers belong to benchmarks/README.md)."""
+    out = tmp_path / "startup.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "startup.py"), "--rounds", "1",
+         "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    summary = data["summary"]
+    for target in ("python", "websocket", "c2sync", "c2sync-cli"):
+        assert summary[target]["wall_ms"]["median"] > 0, target
+    assert summary["c2sync"]["import_ms"]["median"] > 0
+    assert summary["c2sync"]["modules"] == len(data["loaded"]["c2sync"])
+    assert data["files"]["c2sync"] == str(ROOT / "c2sync" / "__init__.py")
+    assert "x websocket" in result.stdout
