@@ -7,6 +7,8 @@ Each round starts one fresh interpreter per target, in an order rotated from rou
 
 - ``wall``: the whole ``python -c "import X"`` process, start to exit, as a cron job or a
   ``c2sync`` command pays it;
+- ``cpu``: the CPU time (user + system) the process used, the same span: on a loaded
+  machine it moves much less than the wall time, which also counts the waits for a core;
 - ``import``: the ``import X`` statement alone, timed inside the process (interpreter
   start-up and ``site`` left out).
 
@@ -16,7 +18,12 @@ Targets: ``python`` (``pass``: the interpreter's own floor), ``websocket`` (webs
 ``c2sync/``), for before/after comparisons in one run. The checkout's own ``c2sync`` is the
 one measured (the repository root goes first on ``PYTHONPATH``).
 
-The summary gives medians and ranges over rounds; ``x websocket`` is the median of the
+``--no-site`` starts every interpreter with ``-S`` (the installed packages' directory put on
+``PYTHONPATH`` instead): an editable install's ``site`` imports ``pathlib``, ``re`` and
+``urllib.parse`` before any user code, so without it the counts and times are those of a
+regular install.
+
+The summary gives medians and ranges over rounds; ``x ws`` is the median of the
 per-round ratios to ``import websocket``. It also counts the modules each import adds to
 ``sys.modules``, a number that does not depend on the machine's load, and lists the
 ``python -X importtime`` entries of ``import c2sync`` with the largest cumulative times.
@@ -27,6 +34,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import site
 import statistics
 import subprocess
 import sys
@@ -53,31 +62,44 @@ _TIMED = (
 )
 
 
+NO_SITE = False  # --no-site: every interpreter with -S
+
+
+def _python() -> list[str]:
+    return [sys.executable, "-S"] if NO_SITE else [sys.executable]
+
+
 def _env(path: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # measure with the bytecode cache, as users run
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (path, env.get("PYTHONPATH", "")) if p)
+    paths = [path, env.get("PYTHONPATH", "")]
+    if NO_SITE:
+        paths += site.getsitepackages()
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     return env
 
 
 def _command(target: str) -> list[str]:
     if target == CLI:
-        return [sys.executable, "-m", "c2sync", "-V"]
+        return [*_python(), "-m", "c2sync", "-V"]
     base = target.partition("@")[0]
-    return [sys.executable, "-c", _TIMED.format(statement=STATEMENTS[base])]
+    return [*_python(), "-c", _TIMED.format(statement=STATEMENTS[base])]
 
 
 def run_once(target: str, path: str) -> dict[str, float]:
     """One fresh interpreter: its wall time and, but for the CLI, the import's own time."""
     command = _command(target)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(
         command, env=_env(path), cwd=path, capture_output=True, text=True, timeout=60
     )
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # one child at a time: its own
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     if proc.returncode != 0:
         raise RuntimeError(f"{target} failed: {proc.stderr[-2000:]}")
-    result = {"wall_ms": wall * 1e3}
+    result = {"wall_ms": wall * 1e3, "cpu_ms": cpu * 1e3}
     if target != CLI:
         seconds, modules = proc.stdout.split()
         result["import_ms"] = float(seconds) * 1e3
@@ -93,7 +115,7 @@ def modules_loaded(statement: str, path: str) -> list[str]:
         "print('\\n'.join(sorted(set(sys.modules) - before)))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code],
+        [*_python(), "-c", code],
         env=_env(path),
         cwd=path,
         capture_output=True,
@@ -106,7 +128,7 @@ def modules_loaded(statement: str, path: str) -> list[str]:
 def c2sync_file(path: str) -> str:
     """Which ``c2sync`` a fresh interpreter imports with ``path`` first."""
     return subprocess.run(
-        [sys.executable, "-c", "import c2sync; print(c2sync.__file__)"],
+        [*_python(), "-c", "import c2sync; print(c2sync.__file__)"],
         env=_env(path),
         cwd=path,
         capture_output=True,
@@ -118,7 +140,7 @@ def c2sync_file(path: str) -> str:
 def importtime_top(statement: str, path: str, top: int) -> list[tuple[int, int, str]]:
     """``python -X importtime``'s entries with the largest cumulative times (us), one run."""
     proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", statement],
+        [*_python(), "-X", "importtime", "-c", statement],
         env=_env(path),
         cwd=path,  # "-c" puts the working directory first on sys.path
         capture_output=True,
@@ -154,7 +176,7 @@ def measure(rounds: int, variants: dict[str, str]) -> dict[str, Any]:
     base = runs["websocket"]
     for target in targets:
         entry: dict[str, Any] = {}
-        for key in ("wall_ms", "import_ms"):
+        for key in ("wall_ms", "cpu_ms", "import_ms"):
             values = [run[key] for run in runs[target] if key in run]
             if not values:
                 continue
@@ -169,22 +191,22 @@ def measure(rounds: int, variants: dict[str, str]) -> dict[str, Any]:
 
 def render(result: dict[str, Any], rounds: int) -> str:
     lines = [
-        f"Start-up, {rounds} interleaved rounds, medians (min-max), ms; load average "
-        + " ".join(f"{x:.2f}" for x in result["load"]),
-        f"{'target':22s} {'process wall':>22s} {'x websocket':>11s} "
-        f"{'import alone':>22s} {'x websocket':>11s} {'modules':>8s}",
+        f"Start-up, {rounds} interleaved rounds{' (python -S)' if result['no_site'] else ''}, "
+        "medians (min-max), ms; load average " + " ".join(f"{x:.2f}" for x in result["load"]),
+        f"{'target':14s} {'process wall':>21s} {'x ws':>5s} {'process cpu':>21s} {'x ws':>5s} "
+        f"{'import alone':>21s} {'x ws':>5s} {'modules':>7s}",
     ]
     for target, entry in result["summary"].items():
-        cells = [f"{target:22s}"]
-        for key in ("wall_ms", "import_ms"):
+        cells = [f"{target:14s}"]
+        for key in ("wall_ms", "cpu_ms", "import_ms"):
             if key in entry:
                 s = entry[key]
                 x = entry[key.replace("_ms", "_x_websocket")]["median"]
-                cells.append(f"{s['median']:7.1f} ({s['min']:.1f}-{s['max']:.1f})".rjust(22))
-                cells.append(f"{x:11.2f}")
+                cells.append(f"{s['median']:6.1f} ({s['min']:.1f}-{s['max']:.1f})".rjust(21))
+                cells.append(f"{x:5.2f}")
             else:
-                cells.append(f"{'-':>22s} {'-':>11s}")
-        cells.append(f"{entry.get('modules', '-'):>8}")
+                cells.append(f"{'-':>21s} {'-':>5s}")
+        cells.append(f"{entry.get('modules', '-'):>7}")
         lines.append(" ".join(cells))
     for target, file in result["files"].items():
         lines.append(f"{target} is {file}")
@@ -210,11 +232,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--modules", action="store_true", help="also list the modules import c2sync loads"
     )
+    parser.add_argument(
+        "--no-site", action="store_true", help="run every interpreter with -S (see above)"
+    )
     args = parser.parse_args(argv)
+    global NO_SITE
+    NO_SITE = args.no_site
     variants = dict(v.split("=", 1) for v in args.variant)
     result = measure(args.rounds, variants)
     result["load"] = list(os.getloadavg())
     result["python"] = sys.version.split()[0]
+    result["no_site"] = NO_SITE
     result["importtime"] = importtime_top("import c2sync", str(ROOT), args.top)
     result["files"] = {"c2sync": c2sync_file(str(ROOT))}
     result["files"].update({f"c2sync@{v}": c2sync_file(p) for v, p in variants.items()})
