@@ -12,9 +12,9 @@ extra) is the fast path only: whatever it refuses (``NaN``, lone surrogates, num
 its range, bad JSON) or nests deeper than ``MAX_FAST_DEPTH`` is decoded again by the
 standard library, which has the last word. tests/test_codec_paths.py proves it.
 
-:func:`select` picks the path once, at import of ``c2sync.codec``: msgspec when it imports
-and passes a self-check, unless the environment variable ``C2SYNC_PURE_PYTHON`` is set to
-anything but ``""`` or ``"0"``.
+:func:`select` picks the path once, at the first parse (so that ``import c2sync`` does not
+import msgspec): msgspec when it imports and passes a self-check, unless the environment
+variable ``C2SYNC_PURE_PYTHON`` is set to anything but ``""`` or ``"0"``.
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ escaped.
 
 from __future__ import annotations
 
-import html
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -73,6 +72,8 @@ def _since(when: datetime | None, now: datetime) -> float | None:
 
 
 def _e(value: object) -> str:
+    import html  # here, not at import of c2sync: only a notebook draws a client
+
     return html.escape(str(value), quote=True)
 
 

@@ -23,12 +23,13 @@ fragments are skipped. A close frame ends the reader: it is kept in
 :attr:`FrameReader.close_frame`.
 
 Errors: a frame RFC 6455 forbids, or a message beyond ``max_size``, raises
-:class:`FrameError`, a ``websocket.WebSocketProtocolException``. Its ``close_code``
+:class:`FrameError`. Its ``close_code``
 attribute (a stable part of this module's contract) is the close code the connection must
 now be closed with: 1002 (protocol error), 1007 (a close reason that is not UTF-8) or 1009
 (message too big); its ``reason`` says why, in words fit for the log and for the close
 frame (at most 123 bytes). The reader is finished after it: later reads raise
-``WebSocketConnectionClosedException``.
+:class:`StreamEnded` (a ``ConnectionError``), as EOF does. Neither is websocket-client's:
+``import c2sync`` does not import websocket-client (nor, through it, ``ssl`` and ``http``).
 
 Size accounting: a message in one frame may be up to ``max_size`` bytes, exactly. Each
 frame of a fragmented message after the first is charged its payload plus
@@ -49,8 +50,6 @@ import socket
 from collections.abc import Callable
 from typing import Any, Final
 
-import websocket
-
 __all__ = [
     "DEFAULT_MAX_SIZE",
     "FRAME_OVERHEAD",
@@ -58,6 +57,7 @@ __all__ = [
     "FrameError",
     "FrameReader",
     "InvalidText",
+    "StreamEnded",
     "parse_close",
 ]
 
@@ -86,11 +86,8 @@ _SENDABLE_CLOSE_CODES: Final = frozenset(
 )
 
 
-class FrameError(websocket.WebSocketProtocolException):  # type: ignore[misc]
+class FrameError(Exception):
     """The server broke RFC 6455, or sent a message beyond ``max_size``.
-
-    A ``websocket.WebSocketProtocolException``, so code that handles websocket-client's
-    errors handles this one too.
 
     Attributes:
         close_code: the code to close the connection with: 1002 (protocol error), 1007
@@ -147,9 +144,12 @@ class CloseFrame:
         return hash((self.code, self.reason))
 
 
+class StreamEnded(ConnectionError):
+    """The reader is finished: EOF, or a close frame or a :class:`FrameError` ended it."""
+
+
 def _closed(why: str) -> Exception:
-    exc: Exception = websocket.WebSocketConnectionClosedException(why)
-    return exc
+    return StreamEnded(why)
 
 
 def _protocol_error(why: str) -> FrameError:
@@ -261,9 +261,9 @@ class FrameReader:
             :class:`InvalidText` (a ``bytes``) for text that is not valid UTF-8.
 
         Raises:
-            websocket.WebSocketConnectionClosedException: the socket reached EOF (the peer
-                went away, or another thread shut the socket down), or the reader already
-                saw a close frame or raised a :class:`FrameError`.
+            StreamEnded: the socket reached EOF (the peer went away, or another thread
+                shut the socket down), or the reader already saw a close frame or raised
+                a :class:`FrameError`.
             FrameError: the server broke RFC 6455, or a message is larger than
                 ``max_size``; close the connection with its ``close_code``. Messages read
                 before the faulty frame are handed out first; the next read raises it.

@@ -28,7 +28,6 @@ owns (so ``close()`` can cut it at any moment). Guarantees (docs/api-contract.md
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import re
 import socket
@@ -157,6 +156,8 @@ def upgrade(sock: socket.socket, target: Target, options: Options, deadline: flo
         del body
         del headers, rest  # the raw answer may echo the key
         raise error
+    import hashlib  # here, not at import: it loads OpenSSL's libcrypto (a few ms)
+
     accept = base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest())
     connection = {token.strip().lower() for token in headers.get("connection", "").split(",")}
     if (

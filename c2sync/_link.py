@@ -38,9 +38,10 @@ it connects TCP, talks to a proxy, wraps TLS and does the HTTP upgrade itself, s
   (:attr:`send_deadline`) and the link is lost; a caller with a deadline of its own waits
   for the send lock no longer than it.
 
-Frames are read by :class:`~c2sync._framing.FrameReader` and built by websocket-client's
-``ABNF`` (masking, RFC 6455 section 5.3). No websocket-client exception type escapes: a
-lost or failed link is a :class:`~c2sync.exceptions.ConnectionClosed`.
+Frames are read by :class:`~c2sync._framing.FrameReader` and built by :func:`client_frame`
+(masking, RFC 6455 section 5.3); websocket-client is not imported, nor ``ssl`` until a
+``wss://`` link opens. A lost or failed link is a
+:class:`~c2sync.exceptions.ConnectionClosed`.
 """
 
 from __future__ import annotations
@@ -51,15 +52,12 @@ import logging
 import os
 import selectors
 import socket
-import ssl
 import struct
 import threading
 import time
 from collections.abc import Callable
 from itertools import zip_longest
 from typing import Any, Union
-
-import websocket
 
 from ._framing import CloseFrame, FrameError, FrameReader
 from ._handshake import Deadline, Target, tunnel, upgrade
@@ -70,7 +68,7 @@ from .exceptions import ConnectionClosed, HandshakeError, ProtocolError
 
 __all__ = ["Link", "resolve"]
 
-_TEXT, _BINARY = websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY
+_TEXT, _BINARY, _CLOSE, _PONG = 0x1, 0x2, 0x8, 0xA  # opcodes (RFC 6455 section 5.2)
 
 logger = logging.getLogger("c2sync.link")
 
@@ -200,7 +198,7 @@ class Link:
             self.send_close(exc.close_code, exc.reason)
             self.release()
             raise ProtocolError(f"before connection.connected: {exc.reason}") from exc
-        except (websocket.WebSocketException, OSError) as exc:
+        except OSError as exc:  # _framing.StreamEnded included
             self.release()
             why = "the client was closed" if self._cut else f"connection lost: {exc}"
             raise ConnectionClosed(None, "", f"{why} while connecting") from exc
@@ -343,7 +341,9 @@ class Link:
 
     def _tls(self, sock: socket.socket, deadline: float) -> socket.socket:
         # docs/websocket-client-facts.md "TLS": verification stays on unless the user's
-        # own context says otherwise.
+        # own context says otherwise. ssl is imported here: a ws:// client never needs it.
+        import ssl
+
         context = self._options.ssl_context or ssl.create_default_context()
         wrapped = context.wrap_socket(
             sock, server_hostname=self._host, do_handshake_on_connect=False
@@ -395,7 +395,7 @@ class Link:
             logger.warning("closing with %d: %s", exc.close_code, exc.reason)
             self.send_close(exc.close_code, exc.reason)
             raise ConnectionClosed(exc.close_code, exc.reason, f"closed: {exc.reason}") from exc
-        except (websocket.WebSocketException, OSError) as exc:
+        except OSError as exc:  # _framing.StreamEnded included
             why = str(exc) or type(exc).__name__
             raise ConnectionClosed(None, "", f"connection lost: {why}") from exc
 
@@ -432,7 +432,7 @@ class Link:
             # A flood of pings buffered before connection.connected cannot outlast the
             # connect deadline by the time it takes to answer them all.
             raise socket.timeout("the connect deadline passed")
-        self._send_frame(websocket.ABNF.OPCODE_PONG, payload)
+        self._send_frame(_PONG, payload)
 
     def _send_frame(self, opcode: int, payload: str | bytes, deadline: float | None = None) -> None:
         frame = client_frame(opcode, payload)
@@ -487,7 +487,7 @@ class Link:
             self._close_sent = True
         payload = b"" if code is None else struct.pack("!H", code) + close_reason(reason)
         try:
-            self._send_frame(websocket.ABNF.OPCODE_CLOSE, payload, deadline)
+            self._send_frame(_CLOSE, payload, deadline)
         except (ConnectionClosed, OSError, ValueError):
             pass
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-import uuid
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 
@@ -111,7 +111,7 @@ class _Request:
 
 
 def _default_request_ids() -> Iterator[str]:
-    prefix = uuid.uuid4().hex[:12]
+    prefix = os.urandom(6).hex()  # 48 random bits, as uuid4().hex[:12] gave, sans uuid
     return (f"c2s-{prefix}-{n}" for n in itertools.count(1))
 
 

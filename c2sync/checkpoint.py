@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from typing import Protocol, runtime_checkable
@@ -118,6 +117,8 @@ class FileCheckpoint:
                 self._write()
 
     def _write(self) -> None:
+        import tempfile  # here, not at import: it brings shutil, random, bz2 and lzma
+
         directory = os.path.dirname(os.path.abspath(self.path))
         text = json.dumps({str(k): v for k, v in sorted(self._points.items())})
         fd, tmp = tempfile.mkstemp(prefix=".c2sync-", suffix=".tmp", dir=directory)

@@ -349,9 +349,33 @@ def _parse(text: str | bytes, decode: Callable[[str], Any]) -> Message:
 
 
 _EMPTY_PAYLOAD: Mapping[str, Any] = ReadOnlyDict()
-# The JSON path, picked once: msgspec (the [fast] extra) unless missing or
-# C2SYNC_PURE_PYTHON=1; both give the same trees and errors (c2sync/_decode.py).
-_DECODER_NAME, _DECODE = _decode.select()
+
+
+# The JSON path, picked at the first parse (msgspec is imported then, not with c2sync):
+# msgspec (the [fast] extra) unless missing or C2SYNC_PURE_PYTHON=1; both give the same
+# trees and errors (c2sync/_decode.py). Two threads racing to pick it pick the same path.
+_DECODER_NAME: str  # "msgspec" or "json", set with _DECODE
+
+
+def _pick_decoder() -> Callable[[str], Any]:
+    global _DECODER_NAME, _DECODE
+    _DECODER_NAME, _DECODE = _decode.select()
+    return _DECODE
+
+
+def _first_decode(text: str) -> Any:
+    return _pick_decoder()(text)
+
+
+_DECODE: Callable[[str], Any] = _first_decode
+
+
+def __getattr__(name: str) -> str:
+    if name == "_DECODER_NAME":  # asked before any parse: pick the path now
+        _pick_decoder()
+        return _DECODER_NAME
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _new = object.__new__
 _SIGNAL_FIELDS = (

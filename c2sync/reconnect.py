@@ -6,11 +6,8 @@ The policy is a value passed to the client (``reconnect_policy=``), never module
 from __future__ import annotations
 
 import math
-import random
-import ssl
 from collections.abc import Callable, Iterator
 from datetime import timezone
-from email.utils import parsedate_to_datetime
 
 import attrs
 
@@ -25,6 +22,13 @@ from .exceptions import (
 )
 
 __all__ = ["ReconnectPolicy", "parse_retry_after"]
+
+
+def _random() -> float:
+    """``random.random()``, the module imported at the first backoff, not with c2sync."""
+    import random
+
+    return random.random()
 
 
 @attrs.frozen
@@ -53,7 +57,7 @@ class ReconnectPolicy:
     overload_delay: float = 5.0
     max_retry_after: float = 300.0
     max_attempts: int | None = None
-    random: Callable[[], float] = attrs.field(default=random.random, repr=False)
+    random: Callable[[], float] = attrs.field(default=_random, repr=False)
 
     def delays(self) -> Iterator[float]:
         """The backoff before each attempt, forever (or ``max_attempts`` of them)."""
@@ -72,6 +76,8 @@ class ReconnectPolicy:
         A 401 is final (docs/protocol.md section 2); so is any other 4xx refusal but 408/429,
         since asking again will not change the answer.
         """
+        import ssl  # here, not at import: only a wss:// connection needs it
+
         if isinstance(error, (AuthenticationError, ssl.SSLCertVerificationError)):
             return False  # asking again will not change the key's or the certificate's fate
         if isinstance(error, HandshakeError):
@@ -114,6 +120,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     try:
         seconds = float(value)
     except ValueError:
+        from email.utils import parsedate_to_datetime  # the date form is rare: not at import
+
         try:
             when = parsedate_to_datetime(value)
             if when.tzinfo is None:  # "-0000": UTC with no source zone (RFC 5322 3.3)
