@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -154,6 +153,8 @@ def _warn_unverified(context: Any) -> None:
     they stay on unless the user's own context says otherwise; say so when it does)."""
     if context is None:
         return
+    import ssl  # here, not at import: a caller with a context of its own has it loaded
+
     off = []
     if getattr(context, "verify_mode", ssl.CERT_REQUIRED) == ssl.CERT_NONE:
         off.append("certificate verification (verify_mode=CERT_NONE)")
