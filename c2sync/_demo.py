@@ -27,7 +27,7 @@ __all__ = ["EMULATOR_MISSING", "DemoFailed", "run"]
 #: What to do when the emulator's dependency is not installed.
 EMULATOR_MISSING = (
     "the emulator needs the 'websockets' package: from a checkout of c2sync, "
-    'pip install ".[emulator]"; from PyPI, pip install "c2sync[emulator]"'
+    'pip install ".[emulator]"'
 )
 
 

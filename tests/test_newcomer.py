@@ -217,3 +217,46 @@ def test_package_metadata_is_complete() -> None:
     names = {line.split(">=")[0] for line in docs if line}
     assert names == {"sphinx", "furo", "myst-parser", "websockets"}  # the emulator's pages
     assert all(">=" in line for line in docs if line)
+
+
+# Issue 28: a newcomer's first hour, again.
+
+
+def user_facing_files() -> list[Path]:
+    """What a user reads: the README, the docs pages, the samples (the notebook included)
+    and the package's sources (their docstrings and messages)."""
+    found = [ROOT / "README.rst", *sorted((ROOT / "docs").rglob("*.md"))]
+    found += sorted((ROOT / "docs").rglob("*.rst")) + sorted((ROOT / "samples").iterdir())
+    found += sorted((ROOT / "c2sync").rglob("*.py"))
+    return [p for p in found if p.is_file() and "_build" not in p.parts]
+
+
+def test_every_page_states_the_python_setup_cfg_requires() -> None:
+    """setup.cfg's python_requires, the README and the quickstart name the same oldest
+    Python, and no user-facing page asks for a newer one ("Python 3.10 or later")."""
+    import configparser
+    import re
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg", encoding="utf-8")
+    oldest = config["options"]["python_requires"].strip().removeprefix(">=")
+    for page in (ROOT / "README.rst", ROOT / "docs" / "quickstart.md"):
+        assert f"Python {oldest} or later" in page.read_text(encoding="utf-8"), page.name
+    for page in user_facing_files():
+        for stated in re.findall(r"Python (3\.\d+)\+? or (?:later|newer)", page.read_text("utf-8")):
+            assert stated == oldest, f"{page.relative_to(ROOT)} asks for Python {stated}+"
+
+
+def test_no_install_command_assumes_the_package_index() -> None:
+    """c2sync is installed from a checkout (``pip install ".[extra]"``): no page, sample,
+    docstring or error message tells a user to ``pip install "c2sync[...]"`` from PyPI,
+    where the package is not."""
+    import re
+
+    pypi = re.compile(r"""pip install\s+(?:\\?["'])?c2sync(?:\[|\b)""")
+    offenders = [
+        f"{page.relative_to(ROOT)}: {match.group(0)}"
+        for page in user_facing_files()
+        for match in pypi.finditer(page.read_text(encoding="utf-8"))
+    ]
+    assert not offenders

@@ -20,7 +20,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(
         "c2sync.emulator needs the 'websockets' package: from a checkout of c2sync, "
-        'pip install ".[emulator]"; from PyPI, pip install "c2sync[emulator]"'
+        'pip install ".[emulator]"'
     ) from exc
 
 from ._cli import main
