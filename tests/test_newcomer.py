@@ -260,3 +260,30 @@ def test_no_install_command_assumes_the_package_index() -> None:
         for match in pypi.finditer(page.read_text(encoding="utf-8"))
     ]
     assert not offenders
+
+
+# pytest plugins the suite uses without importing them: -n (xdist), the timeout setting.
+_PLUGINS = {"pytest", "pytest-xdist", "pytest-timeout"}
+
+
+def test_the_test_extra_holds_only_what_the_tests_use() -> None:
+    """``pip install ".[test]"`` (the README's second command) installs what the tests
+    import or run (``-m build``), nothing for lint or types: those are the ``[dev]`` extra,
+    which the noxfile's lint and types sessions install."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg", encoding="utf-8")
+    extras = config["options.extras_require"]
+
+    def names(extra: str) -> set[str]:
+        return {line.split(">")[0].split("=")[0].strip() for line in extras[extra].split("\n")}
+
+    test = names("test") - {""}
+    assert not test & {"mypy", "ruff", "nox"}
+    assert names("dev") - {""} >= {"mypy", "ruff"}
+    tests = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "tests").glob("*.py"))
+    for name in sorted(test - _PLUGINS):
+        module = name.replace("-", "_")
+        uses = (f"import {module}", f"from {module}", f'"{module}"', f'"-m", "{module}"')
+        assert any(use in tests for use in uses), f"no test uses {name}"
