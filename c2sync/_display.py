@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 
 from ._lifecycle import State
 from ._reader import Stats
-from ._spec import HEARTBEAT_INTERVAL
 from ._redact import Redactor
+from ._spec import HEARTBEAT_INTERVAL
 from ._substats import Pair, SubscriptionStats
 
 if TYPE_CHECKING:
