@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -605,3 +605,101 @@ def test_main_leaves_the_callers_logging_as_it_was(
     for verbose in ([], ["-v"]):
         run_main("check", "--url", emulator.url, "--api-key", API_KEY, *verbose)
         assert (log.level, log.handlers) == (level, handlers)
+
+
+# Run a command with SIGINT ignored, as a shell script starts `command &`: `trap "" INT`
+# sets SIG_IGN, which exec keeps.
+SIGINT_IGNORED = ["sh", "-c", 'trap "" INT; exec "$@"', "sh"]
+
+
+def start_emulator_command(
+    *args: str, prefix: Sequence[str] = ()
+) -> tuple[subprocess.Popen[str], str]:
+    """`c2sync emulator --port 0 --api-key cli-key --strategy 424242 ARGS`; its URL."""
+    process = subprocess.Popen(
+        [
+            *prefix,
+            *command(),
+            "emulator",
+            "--port",
+            "0",
+            "--api-key",
+            "cli-key",
+            "--strategy",
+            "424242",
+            *args,
+        ],
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    return process, Lines(process.stdout).next()
+
+
+def stop_process(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.kill()
+    process.communicate(timeout=WAIT)
+
+
+def test_emulator_command_publishes_positions_for_listen() -> None:
+    """`c2sync emulator --positions-every S` publishes strategy.positions updates (its
+    --help says so), and `c2sync listen --positions ID` prints them as positions lines."""
+    help_text = subprocess.run(
+        [*command(), "emulator", "--help"], capture_output=True, text=True, timeout=RUN_BOUND
+    ).stdout
+    assert "--positions-every SECONDS" in help_text
+    emulator, url = start_emulator_command("--positions-every", "0.1")
+    listener = subprocess.Popen(
+        [*command(), "listen", "--positions", "424242", "--url", url],
+        env=clean_env(C2_API_KEY="cli-key"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert listener.stdout is not None
+        line = Lines(listener.stdout).next()
+        assert "strategy.positions" in line and "424242" in line, line
+    finally:
+        stop_process(listener)
+        stop_process(emulator)
+
+
+def test_emulator_started_with_sigint_ignored_keeps_ignoring_it() -> None:
+    """A script's background `c2sync emulator &` (SIGINT ignored on purpose) is not stopped
+    by SIGINT, as `listen` is not: SIGINT then SIGTERM exits 143, from the SIGTERM. (A
+    handled SIGINT would win: pending signals run lowest number first.)"""
+    process, _ = start_emulator_command(prefix=SIGINT_IGNORED)
+    try:
+        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=WAIT)
+        assert process.returncode == cli.EXIT_TERMINATED, stderr
+    finally:
+        stop_process(process)
+
+
+def test_listen_started_with_sigint_ignored_keeps_ignoring_it(emulator: Emulator) -> None:
+    """A script's background `c2sync listen &` keeps listening after a SIGINT (the shell
+    ignored it on purpose), and stops cleanly on SIGTERM."""
+    process = subprocess.Popen(
+        [*SIGINT_IGNORED, *command(), "listen", "--signal", str(STRATEGY), "--url", emulator.url],
+        env=clean_env(C2_API_KEY=API_KEY),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        wait_subscribed(emulator)
+        process.send_signal(signal.SIGINT)
+        emulator.publish_signal(STRATEGY)
+        assert "seq_id=1" in Lines(process.stdout).next()  # still listening
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=WAIT)
+        assert process.returncode == cli.EXIT_OK, stderr
+    finally:
+        stop_process(process)
