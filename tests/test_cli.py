@@ -593,6 +593,12 @@ def test_demo_shows_the_resume() -> None:
     assert "no signal lost, none duplicated" in out
     heartbeats = next(t for t in out.splitlines() if "acks_sent=" in t and "emulator received" in t)
     assert "heartbeats=0" not in heartbeats
+    # The numbers it prints agree (issue 28: "heartbeats=5 acks_sent=5; ... received 6 acks").
+    counts = re.search(r"heartbeats=(\d+) acks_sent=(\d+); the emulator received (\d+) acks", out)
+    assert counts and len(set(counts.groups())) == 1, heartbeats
+    final = re.search(r"client.stats: messages=(\d+) heartbeats=(\d+) acks_sent=(\d+)", out)
+    assert final and final.group(2) == final.group(3), out
+    assert int(final.group(1)) >= 8  # the 8 signals and the positions update, at least
     assert "Traceback" not in result.stderr
 
 
