@@ -174,6 +174,66 @@ def test_check_bad_key_subprocess(emulator: Emulator) -> None:
     assert bad_key not in result.stderr
 
 
+def test_check_verbose_with_a_refused_key_closes_nothing(emulator: Emulator) -> None:
+    """`c2sync check -v` with a refused key logs no close of a WebSocket that never opened:
+    the state goes CLOSED saying no connection was opened, and no "closing (code 1000)"."""
+    result = subprocess.run(
+        [*command(), "check", "-v", "--url", emulator.url],
+        env=clean_env(C2_API_KEY="sk-wrong-0123456789abcdef"),
+        capture_output=True,
+        text=True,
+        timeout=RUN_BOUND,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert any(line.endswith("state: CLOSED (no connection was opened)") for line in lines)
+    assert not any(line.endswith("state: CLOSED") for line in lines), lines
+    assert "closing (code" not in result.stderr
+    assert lines[-1].startswith("c2sync: the API key was refused")
+
+
+def test_check_refused_strategy_says_the_key_is_valid(
+    emulator: Emulator, run_main: Callable[..., tuple[int, str, str]]
+) -> None:
+    """`c2sync check --strategy ID` refused: the key was fine (said on stdout, as on
+    success), and the error line names the strategy refused."""
+    forbidden = str(FORBIDDEN_STRATEGY)
+    code, out, err = run_main(
+        "check", "--url", emulator.url, "--api-key", API_KEY, "--strategy", forbidden
+    )
+    assert code == cli.EXIT_SUBSCRIPTION
+    assert out.strip().endswith("the API key is valid")
+    assert_one_line_error(err)
+    assert "the API key is valid, but" in err and f"strategy.signal {forbidden}" in err
+    assert "FORBIDDEN" in err
+
+
+@pytest.mark.parametrize(
+    "key, strategy, before",
+    [
+        pytest.param("sk-wrong-0123456789abcdef", STRATEGY, [], id="refused-key"),
+        pytest.param(API_KEY, FORBIDDEN_STRATEGY, ["connected to"], id="refused-strategy"),
+    ],
+)
+def test_listen_says_the_error_before_closed(
+    emulator: Emulator, key: str, strategy: int, before: list[str]
+) -> None:
+    """`c2sync listen` failing prints its error line before any "closed" status line, and
+    no "closed" at all when no connection was ever open."""
+    result = subprocess.run(
+        [*command(), "listen", "--signal", str(strategy), "--url", emulator.url],
+        env=clean_env(C2_API_KEY=key),
+        capture_output=True,
+        text=True,
+        timeout=RUN_BOUND,
+    )
+    lines = [line.removeprefix("c2sync: ") for line in result.stderr.splitlines()]
+    assert lines[0].startswith("connecting to"), lines
+    error = next(i for i, line in enumerate(lines) if "refused" in line)
+    assert [line.split(" ws")[0] for line in lines[1:error]] == before
+    assert lines[error + 1 :] == (["closed"] if before else []), lines
+
+
 @pytest.mark.parametrize(
     "setup, extra, status, text",
     [
