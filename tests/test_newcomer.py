@@ -287,3 +287,54 @@ def test_the_test_extra_holds_only_what_the_tests_use() -> None:
         module = name.replace("-", "_")
         uses = (f"import {module}", f"from {module}", f'"{module}"', f'"-m", "{module}"')
         assert any(use in tests for use in uses), f"no test uses {name}"
+
+
+def _parse(msg_type: str, payload: dict[str, object], **fields: object) -> object:
+    import json
+
+    import c2sync
+
+    return c2sync.parse_message(json.dumps({"msg_type": msg_type, "payload": payload, **fields}))
+
+
+def test_describe_gives_the_human_line_not_the_payload_codes() -> None:
+    """``Signal.describe()`` and ``Positions.describe()`` give the line ``c2sync listen``
+    prints (side and order type in words), plain fields for a payload shaped otherwise (the
+    schema is not published: the docstring says so), and never the API key."""
+    import c2sync
+    from c2sync._format import format_message
+
+    order = {
+        "StrategyId": STRATEGY,
+        "Side": "1",
+        "Quantity": 5,
+        "C2Symbol": {"FullSymbol": "@ESZ5"},
+        "OrderType": "2",
+        "Limit": 5210.25,
+        "SignalId": 150000041,
+    }
+    signal = _parse("strategy.signal", order, seq_id=41)
+    assert isinstance(signal, c2sync.Signal)
+    assert signal.describe() == "BUY 5 @ESZ5 limit 5210.25 (SignalId 150000041)"
+    assert signal.describe() in format_message(signal)
+    sell = _parse("strategy.signal", {**order, "Side": "2", "Limit": None}, seq_id=42)
+    assert sell.describe() == "SELL 5 @ESZ5 market (SignalId 150000041)"  # type: ignore[attr-defined]
+    odd = _parse("strategy.signal", {"Action": "flat", "Size": 3, "Legs": [1]}, seq_id=43)
+    assert odd.describe() == "Action=flat Size=3"  # type: ignore[attr-defined]
+    assert "schema" in (c2sync.Signal.describe.__doc__ or "")
+
+    holdings = {
+        "StrategyId": STRATEGY,
+        "Positions": [
+            {"C2Symbol": {"FullSymbol": "@ESZ5"}, "Quantity": 5, "AvgPx": 5201.5},
+            {"C2Symbol": {"FullSymbol": "AAPL"}, "Quantity": -10, "AvgPx": 187.2},
+        ],
+    }
+    positions = _parse("strategy.positions", holdings)
+    assert isinstance(positions, c2sync.Positions)
+    assert positions.describe() == "2 open: @ESZ5 +5 @ 5201.5, AAPL -10 @ 187.2"
+
+    key = "sk-describe-" + "9" * 16
+    c2sync.Client(key, url="ws://127.0.0.1:1/ws")  # remembers the key, as a real one does
+    echoed = _parse("strategy.signal", {**order, "C2Symbol": {"FullSymbol": key}}, seq_id=44)
+    assert key not in echoed.describe() and "***" in echoed.describe()  # type: ignore[attr-defined]
