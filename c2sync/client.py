@@ -71,11 +71,6 @@ class Client:
         reconnect_policy: the backoff and retry rules (None: the defaults).
         max_message_size: the largest message accepted, in bytes, all its fragments
             counted (16 MiB); a bigger one ends that connection with close 1009.
-        link_factory: builds the link of each connection attempt from the options; a seam
-            for tests (None: the real WebSocket link). Not covered by compatibility.
-        correct_clock: stamp outgoing messages with the measured clock skew corrected
-            when it exceeds 30 s (docs/api-contract.md "Clocks and proxies"). False is a
-            seam for tests (send the local clock unchanged); leave it on otherwise.
 
     Raises:
         ValueError: no API key, or an argument out of range.
@@ -96,8 +91,6 @@ class Client:
         ssl_context: Any = None,
         reconnect_policy: ReconnectPolicy | None = None,
         max_message_size: int = DEFAULT_MAX_SIZE,
-        link_factory: Callable[[Options], Any] | None = None,
-        correct_clock: bool = True,
     ) -> None:
         options = Options.create(
             api_key,
@@ -111,8 +104,6 @@ class Client:
             ssl_context=ssl_context,
             reconnect_policy=reconnect_policy,
             max_message_size=max_message_size,
-            link_factory=link_factory,
-            correct_clock=correct_clock,
         )
         self._session = Session(options)
         self._finalizer = weakref.finalize(self, _finalize, self._session)
@@ -433,11 +424,6 @@ def connect(api_key: str | None = None, **options: Any) -> Client:
             defaults).
         max_message_size: the largest message accepted, in bytes, all its fragments
             counted (16 MiB); a bigger one ends that connection with close 1009.
-        link_factory: builds the link of each connection attempt from the options; a seam
-            for tests (None: the real WebSocket link). Not covered by compatibility.
-        correct_clock: stamp outgoing messages with the measured clock skew corrected
-            when it exceeds 30 s (docs/api-contract.md "Clocks and proxies"). False is a
-            seam for tests (send the local clock unchanged); leave it on otherwise.
 
     Returns:
         The connected client; close it (or use it in a ``with`` block).

@@ -338,3 +338,23 @@ def test_describe_gives_the_human_line_not_the_payload_codes() -> None:
     c2sync.Client(key, url="ws://127.0.0.1:1/ws")  # remembers the key, as a real one does
     echoed = _parse("strategy.signal", {**order, "C2Symbol": {"FullSymbol": key}}, seq_id=44)
     assert key not in echoed.describe() and "***" in echoed.describe()  # type: ignore[attr-defined]
+
+
+def test_the_readme_lists_every_client_option_and_no_test_seam() -> None:
+    """Every parameter of ``Client(...)`` (and so of ``connect(...)``) is in the README's
+    option list, and the test seams (``link_factory``, ``correct_clock``) are in neither
+    signature nor docstring: a user sees only what is meant for them."""
+    import inspect
+
+    import c2sync
+
+    readme = (ROOT / "README.rst").read_text(encoding="utf-8")
+    options = readme.split("\nOptions: ", 1)[1].split("\n\n", 1)[0]
+    parameters = inspect.signature(c2sync.Client).parameters
+    for name in set(parameters) - {"api_key", "url"}:
+        assert f"``{name}``" in options, f"the README's option list lacks {name}"
+    for seam in ("link_factory", "correct_clock"):
+        assert seam not in parameters
+        assert seam not in (c2sync.Client.__doc__ or "") + (c2sync.connect.__doc__ or "")
+        with pytest.raises(TypeError):
+            c2sync.Client("k", **{seam: None})  # type: ignore[arg-type]
