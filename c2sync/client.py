@@ -54,7 +54,7 @@ class Client:
     """A connection to the Collective2 WebSocket API, usable from plain threaded code.
 
     Build one with :func:`connect` (connected on return), or construct it and call
-    :meth:`connect`. See docs/api-contract.md for the whole contract.
+    :meth:`connect`. The whole contract: https://c2sync.readthedocs.io/en/latest/api-contract.html
 
     Args:
         api_key: the API key; None reads ``C2_API_KEY``.
@@ -62,7 +62,7 @@ class Client:
         connect_timeout: seconds for TCP, TLS, the upgrade and ``connection.connected``.
         heartbeat_timeout: seconds without a server heartbeat after which the connection is
             dead.
-        reconnect: re-open lost connections (see docs/api-contract.md "Reconnecting").
+        reconnect: re-open lost connections (the API contract, "Reconnecting").
         max_queue: messages the recv() queue holds before dropping the oldest.
         checkpoint: None, a path, or a :class:`~c2sync.checkpoint.Checkpoint`.
         proxy: ``"http://[user:pass@]host:port"``.
@@ -410,7 +410,7 @@ def connect(api_key: str | None = None, **options: Any) -> Client:
         heartbeat_timeout: seconds without a server heartbeat after which the connection
             is dead and re-opened (the server sends one every 30 s).
         reconnect: re-open a lost connection, restore the subscriptions and resume the
-            signals (see docs/api-contract.md "Reconnecting"); False: the first loss ends
+            signals (the API contract, "Reconnecting"); False: the first loss ends
             the client.
         max_queue: messages the ``recv()`` queue (and the callbacks' backlog) holds;
             beyond it the oldest are dropped and :class:`QueueOverflow` says so.

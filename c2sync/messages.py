@@ -1,4 +1,4 @@
-"""The messages a Collective2 server sends, as frozen values (docs/protocol.md sections 3-8).
+"""The messages a Collective2 server sends, as frozen values (the protocol, sections 3-8).
 
 Every message keeps the whole JSON object it came from in ``raw`` and its ``payload``
 unchanged and read-only, so fields the server adds later are never lost.
@@ -155,7 +155,7 @@ class Positions(Message):
 
 @attrs.frozen(kw_only=True, repr=False)  # the repr is Message's, masked
 class Gap(Message):
-    """The server could not replay every missed signal (docs/protocol.md section 7).
+    """The server could not replay every missed signal (the protocol, section 7).
 
     Fetch the signals after ``from_seq`` from the REST API.
 

@@ -1,7 +1,7 @@
 """A local Collective2 API v4 WebSocket server, for demos and tests (extra ``[emulator]``).
 
-It speaks ``docs/protocol.md`` exactly, enforces its limits, and has fault knobs to exercise a
-client's error handling::
+It speaks the protocol (https://c2sync.readthedocs.io/en/latest/protocol.html) exactly,
+enforces its limits, and has fault knobs to exercise a client's error handling::
 
     from c2sync.emulator import Emulator
 
