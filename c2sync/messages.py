@@ -122,7 +122,7 @@ class Signal(Message):
         so the line reads the fields a REST v4 order has (``Side`` "1" BUY / "2" SELL,
         ``Quantity``, ``C2Symbol.FullSymbol``, ``Limit`` or ``Stop``, ``SignalId``), an
         assumption. A payload shaped otherwise gives its top-level plain fields as
-        ``key=value``. Programs should read :attr:`payload`. The line is not cut, and the
+        ``key=value``. Programs should read ``payload``. The line is not cut, and the
         API keys of this process's clients show as ``***``, as in the repr.
         """
         from ._format import describe_order  # it imports this module
@@ -146,7 +146,7 @@ class Positions(Message):
         As for :meth:`Signal.describe`, the payload's schema is not published: the line
         reads ``Positions`` (each with ``C2Symbol.FullSymbol``, ``Quantity``, ``AvgPx``),
         an assumption, and a payload shaped otherwise gives its top-level plain fields.
-        Programs should read :attr:`payload`.
+        Programs should read ``payload``.
         """
         from ._format import describe_holdings  # it imports this module
 
