@@ -586,6 +586,43 @@ def test_listen_bad_key(emulator: Emulator) -> None:
 # emulator and demo ------------------------------------------------------------------------
 
 
+# Run a command with SIGINT ignored, as a shell script starts `command &`: `trap "" INT`
+# sets SIG_IGN, which exec keeps.
+SIGINT_IGNORED = ["sh", "-c", 'trap "" INT; exec "$@"', "sh"]
+
+
+def start_emulator_command(
+    *args: str, prefix: Sequence[str] = ()
+) -> tuple[subprocess.Popen[str], str]:
+    """`c2sync emulator --port 0 --api-key cli-key --strategy 424242 ARGS`; its URL."""
+    process = subprocess.Popen(
+        [
+            *prefix,
+            *command(),
+            "emulator",
+            "--port",
+            "0",
+            "--api-key",
+            "cli-key",
+            "--strategy",
+            "424242",
+            *args,
+        ],
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    return process, Lines(process.stdout).next()
+
+
+def stop_process(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.kill()
+    process.communicate(timeout=WAIT)
+
+
 @pytest.mark.parametrize(
     "stop, status",
     [(signal.SIGINT, cli.EXIT_INTERRUPTED), (signal.SIGTERM, cli.EXIT_TERMINATED)],
@@ -596,27 +633,8 @@ def test_emulator_command_serves_until_stopped(stop: signal.Signals, status: int
     130) or SIGTERM (exit 143) as EXIT_CODES says, closing its connections first."""
     import c2sync
 
-    process = subprocess.Popen(
-        [
-            *command(),
-            "emulator",
-            "--port",
-            "0",
-            "--api-key",
-            "cli-key",
-            "--strategy",
-            "424242",
-            "--signal-every",
-            "0.1",
-        ],
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process, url = start_emulator_command("--signal-every", "0.1")
     try:
-        assert process.stdout is not None
-        url = Lines(process.stdout).next()
         assert url.startswith("ws://127.0.0.1:") and url.endswith("/ws")
         with c2sync.connect("cli-key", url=url, connect_timeout=WAIT) as client:
             client.subscribe(c2sync.SIGNAL, 424242)
@@ -671,43 +689,6 @@ def test_main_leaves_the_callers_logging_as_it_was(
     for verbose in ([], ["-v"]):
         run_main("check", "--url", emulator.url, "--api-key", API_KEY, *verbose)
         assert (log.level, log.handlers) == (level, handlers)
-
-
-# Run a command with SIGINT ignored, as a shell script starts `command &`: `trap "" INT`
-# sets SIG_IGN, which exec keeps.
-SIGINT_IGNORED = ["sh", "-c", 'trap "" INT; exec "$@"', "sh"]
-
-
-def start_emulator_command(
-    *args: str, prefix: Sequence[str] = ()
-) -> tuple[subprocess.Popen[str], str]:
-    """`c2sync emulator --port 0 --api-key cli-key --strategy 424242 ARGS`; its URL."""
-    process = subprocess.Popen(
-        [
-            *prefix,
-            *command(),
-            "emulator",
-            "--port",
-            "0",
-            "--api-key",
-            "cli-key",
-            "--strategy",
-            "424242",
-            *args,
-        ],
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    return process, Lines(process.stdout).next()
-
-
-def stop_process(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.kill()
-    process.communicate(timeout=WAIT)
 
 
 def test_emulator_command_publishes_positions_for_listen() -> None:
