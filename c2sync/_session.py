@@ -342,8 +342,9 @@ class Session:
     def close(self, code: int, reason: str, clean: bool) -> None:
         current = threading.current_thread()
         first = self.life.begin_close()
-        if first and self.life.state is not State.CLOSED:  # else no connection to close
-            logger.info("closing (code %d)", code)
+        if first:
+            if self.life.state is not State.CLOSED:  # else no connection to close
+                logger.info("closing (code %d)", code)
             self._stop.set()
             if clean:
                 self._commit_in_hand()
