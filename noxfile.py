@@ -74,12 +74,12 @@ def floors(session: nox.Session) -> None:
     session.run("c2sync", "demo")
 
 
-def _test_requirement(name: str) -> str:
-    """The test extra's requirement on ``name``, as setup.cfg spells it (one place to bump)."""
-    for requirement in _floors_module().declared()["test"]:
+def _dev_requirement(name: str) -> str:
+    """The dev extra's requirement on ``name``, as setup.cfg spells it (one place to bump)."""
+    for requirement in _floors_module().declared()["dev"]:
         if requirement.name == name:
             return str(requirement)
-    raise LookupError(f"the test extra does not name {name}")
+    raise LookupError(f"the dev extra does not name {name}")
 
 
 @nox.session(python=NEWEST)
@@ -94,12 +94,12 @@ def mutants(session: nox.Session) -> None:
 @nox.session(python=NEWEST)
 def lint(session: nox.Session) -> None:
     """ruff over everything shipped or run (its target version is py39)."""
-    session.install(_test_requirement("ruff"))
+    session.install(_dev_requirement("ruff"))
     session.run("ruff", "check", "c2sync", "tests", "samples", "benchmarks", "noxfile.py", ".ci")
 
 
 @nox.session(python=[OLDEST, NEWEST])
 def types(session: nox.Session) -> None:
     """mypy --strict for the oldest and the newest Python (each checks its own version)."""
-    session.install(".[emulator,fast]", _test_requirement("mypy"))
+    session.install(".[emulator,fast]", _dev_requirement("mypy"))
     session.run("mypy", "--strict", "--python-version", session.python, "c2sync")

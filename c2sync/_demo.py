@@ -27,7 +27,7 @@ __all__ = ["EMULATOR_MISSING", "DemoFailed", "run"]
 #: What to do when the emulator's dependency is not installed.
 EMULATOR_MISSING = (
     "the emulator needs the 'websockets' package: from a checkout of c2sync, "
-    'pip install ".[emulator]"; from PyPI, pip install "c2sync[emulator]"'
+    'pip install ".[emulator]"'
 )
 
 
@@ -186,8 +186,15 @@ def _demo_flow(demo: _Demo, emu: Any, client: Client, strategy: int) -> None:
         emu.wait_for(lambda: len(delays()) >= wanted, _DEMO_WAIT)
     except TimeoutError:
         raise DemoFailed("demo failed: heartbeats were not answered") from None
-    acked = delays()
+    # The client's count first, then the emulator's for those same acks: an ack reaches the
+    # emulator before the client counts it sent, and the next heartbeat may come meanwhile,
+    # so two counts read one after the other could disagree.
     stats = client.stats
+    try:
+        emu.wait_for(lambda: len(delays()) >= stats.acks_sent, _DEMO_WAIT)
+    except TimeoutError:
+        raise DemoFailed("demo failed: the emulator did not receive every ack sent") from None
+    acked = delays()[: stats.acks_sent]
     demo.say(
         f"  client.stats: heartbeats={stats.heartbeats} acks_sent={stats.acks_sent}; the emulator "
         f"received {len(acked)} acks, the slowest {max(acked) * 1000:.1f} ms after its heartbeat"

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from ._lifecycle import State
 from ._reader import Stats
 from ._redact import Redactor
+from ._spec import HEARTBEAT_INTERVAL
 from ._substats import Pair, SubscriptionStats
 
 if TYPE_CHECKING:
@@ -38,8 +39,10 @@ _COLOURS = {
 _FAILED = "#c62828"
 _NOTE_LIMIT = 120  # characters of a server's note shown (the whole is in the logs)
 
+# Inline styles only: the table must read the same without Jupyter's CSS (nbviewer, an
+# exported page, a plain HTML viewer): spacing and borders between the cells.
 _TABLE = 'style="border-collapse:collapse;margin:0 0 .5em 0;font-size:90%"'
-_CELL = 'style="text-align:left"'
+_CELL = 'style="text-align:left;padding:.15em .6em;border:1px solid #ccc"'
 
 
 def display_url(url: str) -> str:
@@ -105,6 +108,8 @@ def render(
     heartbeats = f"{stats.heartbeats}"
     if stats.last_heartbeat is not None:
         heartbeats += f" (last {age(_since(stats.last_heartbeat, now))} ago)"
+    elif state is State.OPEN:  # not a fault: the server sends its first after an interval
+        heartbeats += f" (the first is due within {HEARTBEAT_INTERVAL:g} s of connecting)"
     rows = [
         ("state", badge),
         ("URL", f"<code>{_e(display_url(url))}</code>"),

@@ -15,7 +15,7 @@ from typing import Any
 from ._redact import Redactor
 from .messages import ErrorMessage, Gap, Message, Positions, Signal
 
-__all__ = ["LINE_WIDTH", "describe_order", "format_message"]
+__all__ = ["LINE_WIDTH", "describe_holdings", "describe_order", "format_message"]
 
 LINE_WIDTH = 120  # a human line stays readable in a terminal; --json has everything
 _SIDES = {"1": "BUY", "2": "SELL"}  # the REST v4 order's Side codes [assumed]
@@ -59,7 +59,7 @@ def describe_order(payload: Any) -> str:
     return text
 
 
-def _holdings(payload: Any) -> str:
+def describe_holdings(payload: Any) -> str:
     """``2 open: @ESZ5 +5 @ 5201.5, AAPL -10 @ 187.2`` from a positions payload."""
     positions = payload.get("Positions")
     if not isinstance(positions, (list, tuple)):
@@ -99,7 +99,7 @@ def format_message(message: Message, *, secrets: Iterable[str] = ()) -> str:
         body = describe_order(message.payload)
     elif isinstance(message, Positions):
         head = f"{message.msg_type} strategy={message.strategy_id}"
-        body = _holdings(message.payload)
+        body = describe_holdings(message.payload)
     elif isinstance(message, Gap):
         return hide(
             f"{when} GAP strategy={message.strategy_id} after seq_id {message.from_seq}: "

@@ -23,8 +23,7 @@ from .messages import Message
 __all__ = ["PANDAS_HINT", "to_dataframe"]
 
 PANDAS_HINT = (
-    'c2sync.to_dataframe needs pandas: pip install "c2sync[pandas]" '
-    '(from a checkout: pip install ".[pandas]")'
+    'c2sync.to_dataframe needs pandas: from a checkout of c2sync, pip install ".[pandas]"'
 )
 
 FIXED = ("msg_type", "strategy_id", "seq_id", "timestamp")

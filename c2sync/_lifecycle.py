@@ -133,8 +133,10 @@ class Lifecycle:
     def _move(self, state: State) -> None:
         if self.state is state:
             return
+        never_opened = state is State.CLOSED and self.state is State.CONNECTING
         self.state = state
-        logger.info("state: %s", state.name)
+        # After a failed connect, say so: no WebSocket was open, none was closed.
+        logger.info("state: %s%s", state.name, " (no connection was opened)" * never_opened)
         self._notify(state)
         self.lock.notify_all()
 

@@ -8,9 +8,11 @@ it and never change it. Called from the user's thread only, at construction. The
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import attrs
@@ -22,11 +24,33 @@ from ._spec import DEFAULT_URL, HEARTBEAT_TIMEOUT
 from .checkpoint import Checkpoint, FileCheckpoint
 from .reconnect import ReconnectPolicy
 
-__all__ = ["API_KEY_ENV", "Options"]
+__all__ = ["API_KEY_ENV", "Options", "seams"]
 
 API_KEY_ENV = "C2_API_KEY"
 
 logger = logging.getLogger("c2sync")
+
+# The test seams of the clients built inside ``with seams(...)`` (not Client arguments: a
+# user never needs them, so they stay out of its signature and its documentation).
+_SEAMS: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("c2sync_seams")
+
+
+@contextmanager
+def seams(
+    *, link_factory: Callable[[Options], Any] | None = None, correct_clock: bool = True
+) -> Iterator[None]:
+    """Clients built in this block (in this thread or context) use these test seams.
+
+    Args:
+        link_factory: builds the link of each connection attempt from the options (None:
+            the real WebSocket link).
+        correct_clock: False sends the local clock unchanged, whatever the measured skew.
+    """
+    token = _SEAMS.set({"link_factory": link_factory, "correct_clock": correct_clock})
+    try:
+        yield
+    finally:
+        _SEAMS.reset(token)
 
 
 @attrs.frozen
@@ -86,10 +110,9 @@ class Options:
         ssl_context: Any = None,
         reconnect_policy: ReconnectPolicy | None = None,
         max_message_size: int = DEFAULT_MAX_SIZE,
-        link_factory: Callable[[Options], Any] | None = None,
-        correct_clock: bool = True,
     ) -> Options:
-        """Check the user's arguments and build the value.
+        """Check the user's arguments and build the value, with the test seams of the
+        enclosing :func:`seams` block, if any.
 
         Raises:
             ValueError: no API key, or an argument out of range; a key or URL that cannot
@@ -127,6 +150,8 @@ class Options:
             parse_proxy(proxy)  # a bad proxy URL is a ValueError now, not at connect()
         if type(max_message_size) is not int or max_message_size < 1:
             raise ValueError("max_message_size must be a positive int (bytes)")
+        seam = _SEAMS.get({})
+        link_factory = seam.get("link_factory")
         if link_factory is not None and not callable(link_factory):
             raise TypeError("link_factory must be callable")
         if target.secure:
@@ -144,7 +169,7 @@ class Options:
             ssl_context=ssl_context,
             max_message_size=max_message_size,
             link_factory=link_factory,
-            correct_clock=bool(correct_clock),
+            correct_clock=bool(seam.get("correct_clock", True)),
         )
 
 

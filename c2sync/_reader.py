@@ -70,7 +70,7 @@ _HEARTBEAT_MAX = 256
 
 @attrs.define
 class Stats:
-    """Counters of a client's life (docs/api-contract.md "Observability").
+    """Counters of a client's life (the API contract, "Observability").
 
     Attributes:
         messages: messages received for the user (signals, positions, gaps, ...).
@@ -84,7 +84,7 @@ class Stats:
         duplicates: replayed signals dropped because they were already delivered.
         clock_skew: the server's clock minus the local one in seconds, at the last
             ``connection.connected`` or ``heartbeat`` (None before the first); positive
-            when the local clock is behind (docs/api-contract.md "Clocks and proxies").
+            when the local clock is behind (the API contract, "Clocks and proxies").
     """
 
     messages: int = 0

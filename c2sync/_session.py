@@ -382,7 +382,8 @@ class Session:
             self._flush_checkpoint()
 
     def _close_link(self, code: int, reason: str, clean: bool, current: threading.Thread) -> None:
-        logger.info("closing (code %d)", code)
+        if self.life.state is not State.CLOSED:  # else no connection to close
+            logger.info("closing (code %d)", code)
         self._stop.set()
         if clean:
             self._commit_in_hand()

@@ -23,10 +23,10 @@ class Checkpoint(Protocol):
     """What the client needs of a checkpoint store.
 
     ``save`` is called from the client's threads once a signal counts as processed
-    (docs/api-contract.md "Checkpoints"); it may batch, as long as ``flush`` (when present)
+    (the API contract, "Checkpoints"); it may batch, as long as ``flush`` (when present)
     writes everything. An optional ``restart(strategy_id, seq_id)`` is called instead of
     ``save`` for the signal with which the server restarted a strategy's numbering (a
-    ``seq_id`` far below the last one, docs/api-contract.md "Reconnecting"): the point
+    ``seq_id`` far below the last one, the API contract, "Reconnecting"): the point
     goes down to it. Without it, ``save`` is called.
     """
 

@@ -221,7 +221,15 @@ def _check(args: argparse.Namespace) -> int:
         print(f"round-trip: {elapsed * 1000:.1f} ms ({steps} + connection.connected)")
         if args.strategy is not None:
             started = time.perf_counter()
-            client.subscribe(SIGNAL, args.strategy, timeout=args.connect_timeout)
+            try:
+                client.subscribe(SIGNAL, args.strategy, timeout=args.connect_timeout)
+            except ServerError as exc:
+                print("the API key is valid")  # the connection proved it; the strategy did not
+                raise _Failure(
+                    EXIT_SUBSCRIPTION,
+                    f"the API key is valid, but the subscription to {SIGNAL} {args.strategy} "
+                    f"was refused: {' '.join(str(exc).split())}",
+                ) from exc
             elapsed = time.perf_counter() - started
             print(
                 f"subscribed to {SIGNAL} {args.strategy}: "
@@ -249,6 +257,8 @@ def _status_printer(url: str, stream: TextIO) -> Callable[[State], None]:
             text = f"connected to {url}" if opened == 1 else "reconnected; subscriptions restored"
         elif state is State.RECONNECTING:
             text = "connection lost; reconnecting (signals will resume from the last seq_id)"
+        elif not opened:
+            return  # the connect failed: its error line says why, and nothing was open
         else:
             text = "closed"
         _emit(f"{PROG}: {text}", stream)
@@ -348,6 +358,10 @@ def _listen_loop(args: argparse.Namespace, client: Client, url: str, key: str) -
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
+    except Exception as error:  # said before the close's "closed" status line, not after
+        failure = _as_failure(error)
+        _err(failure.text)
+        return failure.status
     finally:
         with _signals_ignored():  # a second Ctrl-C must not cut the close short
             if clean:
@@ -407,16 +421,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         }[args.command]
         with _logging_for(getattr(args, "verbose", 0)):
             return command(args)
-    except _Failure as failure:
-        _err(failure.text)
-        return failure.status
     except KeyboardInterrupt:
         _err("interrupted")
         return EXIT_INTERRUPTED
-    except ValueError as error:  # a value the library refused (e.g. a malformed URL)
-        _err(_describe(error))
-        return EXIT_AUTH
     except Exception as error:  # never a traceback: one line, and -v shows the details
-        logger.debug("the command failed", exc_info=True)
-        _err(_describe(error))
-        return _exit_status(error)
+        failure = _as_failure(error)
+        _err(failure.text)
+        return failure.status
+
+
+def _as_failure(error: Exception) -> _Failure:
+    """The one line and the exit status that report ``error``."""
+    if isinstance(error, _Failure):
+        return error
+    if isinstance(error, ValueError):  # a value the library refused (e.g. a malformed URL)
+        return _Failure(EXIT_AUTH, _describe(error))
+    logger.debug("the command failed", exc_info=error)
+    return _Failure(_exit_status(error), _describe(error))

@@ -54,7 +54,7 @@ class Client:
     """A connection to the Collective2 WebSocket API, usable from plain threaded code.
 
     Build one with :func:`connect` (connected on return), or construct it and call
-    :meth:`connect`. See docs/api-contract.md for the whole contract.
+    :meth:`connect`. The whole contract: https://c2sync.readthedocs.io/en/latest/api-contract.html
 
     Args:
         api_key: the API key; None reads ``C2_API_KEY``.
@@ -62,7 +62,7 @@ class Client:
         connect_timeout: seconds for TCP, TLS, the upgrade and ``connection.connected``.
         heartbeat_timeout: seconds without a server heartbeat after which the connection is
             dead.
-        reconnect: re-open lost connections (see docs/api-contract.md "Reconnecting").
+        reconnect: re-open lost connections (the API contract, "Reconnecting").
         max_queue: messages the recv() queue holds before dropping the oldest.
         checkpoint: None, a path, or a :class:`~c2sync.checkpoint.Checkpoint`.
         proxy: ``"http://[user:pass@]host:port"``.
@@ -71,11 +71,6 @@ class Client:
         reconnect_policy: the backoff and retry rules (None: the defaults).
         max_message_size: the largest message accepted, in bytes, all its fragments
             counted (16 MiB); a bigger one ends that connection with close 1009.
-        link_factory: builds the link of each connection attempt from the options; a seam
-            for tests (None: the real WebSocket link). Not covered by compatibility.
-        correct_clock: stamp outgoing messages with the measured clock skew corrected
-            when it exceeds 30 s (docs/api-contract.md "Clocks and proxies"). False is a
-            seam for tests (send the local clock unchanged); leave it on otherwise.
 
     Raises:
         ValueError: no API key, or an argument out of range.
@@ -96,8 +91,6 @@ class Client:
         ssl_context: Any = None,
         reconnect_policy: ReconnectPolicy | None = None,
         max_message_size: int = DEFAULT_MAX_SIZE,
-        link_factory: Callable[[Options], Any] | None = None,
-        correct_clock: bool = True,
     ) -> None:
         options = Options.create(
             api_key,
@@ -111,8 +104,6 @@ class Client:
             ssl_context=ssl_context,
             reconnect_policy=reconnect_policy,
             max_message_size=max_message_size,
-            link_factory=link_factory,
-            correct_clock=correct_clock,
         )
         self._session = Session(options)
         self._finalizer = weakref.finalize(self, _finalize, self._session)
@@ -432,7 +423,7 @@ def connect(api_key: str | None = None, **options: Any) -> Client:
         heartbeat_timeout: seconds without a server heartbeat after which the connection
             is dead and re-opened (the server sends one every 30 s).
         reconnect: re-open a lost connection, restore the subscriptions and resume the
-            signals (see docs/api-contract.md "Reconnecting"); False: the first loss ends
+            signals (the API contract, "Reconnecting"); False: the first loss ends
             the client.
         max_queue: messages the ``recv()`` queue (and the callbacks' backlog) holds;
             beyond it the oldest are dropped and :class:`QueueOverflow` says so.
@@ -446,11 +437,6 @@ def connect(api_key: str | None = None, **options: Any) -> Client:
             defaults).
         max_message_size: the largest message accepted, in bytes, all its fragments
             counted (16 MiB); a bigger one ends that connection with close 1009.
-        link_factory: builds the link of each connection attempt from the options; a seam
-            for tests (None: the real WebSocket link). Not covered by compatibility.
-        correct_clock: stamp outgoing messages with the measured clock skew corrected
-            when it exceeds 30 s (docs/api-contract.md "Clocks and proxies"). False is a
-            seam for tests (send the local clock unchanged); leave it on otherwise.
 
     Returns:
         The connected client; close it (or use it in a ``with`` block).

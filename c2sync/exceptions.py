@@ -47,7 +47,7 @@ class C2Error(Exception):
 
 
 class HandshakeError(C2Error):
-    """The server refused the WebSocket upgrade with an HTTP status (docs/protocol.md section 2).
+    """The server refused the WebSocket upgrade with an HTTP status (the protocol, section 2).
 
     Attributes:
         status: the HTTP status code.
@@ -145,7 +145,7 @@ class ConnectionClosed(C2Error):
 
 
 class HeartbeatTimeout(ConnectionClosed):
-    """No server heartbeat arrived in time: the connection is dead (docs/protocol.md section 5)."""
+    """No server heartbeat arrived in time: the connection is dead (the protocol, section 5)."""
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
@@ -157,7 +157,7 @@ class ProtocolError(C2Error):
 
 
 class ServerError(C2Error):
-    """The server answered a request with an ``error`` message (docs/protocol.md section 8).
+    """The server answered a request with an ``error`` message (the protocol, section 8).
 
     Attributes:
         code: the error code, kept as a string (new codes may appear).
@@ -166,7 +166,7 @@ class ServerError(C2Error):
         errors: every error when the server sent a list, else a one-item tuple.
         request_id: the request it answers, or None.
         hint: what the client adds to the text (a refused ``Timestamp`` names the clock's
-            measured skew, docs/api-contract.md "Clocks and proxies"), or None.
+            measured skew: the API contract, "Clocks and proxies"), or None.
         channel: the channel of the refused request, or None.
         strategy_id: the strategy of the refused request, or None.
     """
@@ -219,7 +219,7 @@ class QueueOverflow(C2Error):
 
 
 class SubscriptionLimitError(C2Error, ValueError):
-    """A subscription beyond the 100 a connection may hold (docs/protocol.md section 6)."""
+    """A subscription beyond the 100 a connection may hold (the protocol, section 6)."""
 
 
 def _parse_error_body(body: str) -> tuple[str | None, str | None]:

@@ -1,4 +1,4 @@
-"""The messages a Collective2 server sends, as frozen values (docs/protocol.md sections 3-8).
+"""The messages a Collective2 server sends, as frozen values (the protocol, sections 3-8).
 
 Every message keeps the whole JSON object it came from in ``raw`` and its ``payload``
 unchanged and read-only, so fields the server adds later are never lost.
@@ -114,6 +114,21 @@ class Signal(Message):
     seq_id: int
     strategy_id: int | None = None
 
+    def describe(self) -> str:
+        """The order as one human line: ``BUY 5 @ESZ5 limit 5210.25 (SignalId 150000041)``,
+        as ``c2sync listen`` prints it.
+
+        For people, not programs: Collective2 does not publish the signal payload's schema,
+        so the line reads the fields a REST v4 order has (``Side`` "1" BUY / "2" SELL,
+        ``Quantity``, ``C2Symbol.FullSymbol``, ``Limit`` or ``Stop``, ``SignalId``), an
+        assumption. A payload shaped otherwise gives its top-level plain fields as
+        ``key=value``. Programs should read ``payload``. The line is not cut, and the
+        API keys of this process's clients show as ``***``, as in the repr.
+        """
+        from ._format import describe_order  # it imports this module
+
+        return mask(describe_order(self.payload))
+
 
 @attrs.frozen(kw_only=True, repr=False)  # the repr is Message's, masked
 class Positions(Message):
@@ -125,10 +140,22 @@ class Positions(Message):
 
     strategy_id: int | None = None
 
+    def describe(self) -> str:
+        """The holdings as one human line: ``2 open: @ESZ5 +5 @ 5201.5, AAPL -10 @ 187.2``.
+
+        As for :meth:`Signal.describe`, the payload's schema is not published: the line
+        reads ``Positions`` (each with ``C2Symbol.FullSymbol``, ``Quantity``, ``AvgPx``),
+        an assumption, and a payload shaped otherwise gives its top-level plain fields.
+        Programs should read ``payload``.
+        """
+        from ._format import describe_holdings  # it imports this module
+
+        return mask(describe_holdings(self.payload))
+
 
 @attrs.frozen(kw_only=True, repr=False)  # the repr is Message's, masked
 class Gap(Message):
-    """The server could not replay every missed signal (docs/protocol.md section 7).
+    """The server could not replay every missed signal (the protocol, section 7).
 
     Fetch the signals after ``from_seq`` from the REST API.
 

@@ -33,7 +33,7 @@ def _random() -> float:
 
 @attrs.frozen
 class ReconnectPolicy:
-    """Capped exponential backoff with full jitter (docs/api-contract.md "Reconnecting").
+    """Capped exponential backoff with full jitter (the API contract, "Reconnecting").
 
     Attempt ``n`` (from 0) waits a uniformly random time in ``[0, min(maximum,
     initial * factor ** n)]``; an error may demand a longer wait (:meth:`minimum_delay`).
@@ -42,7 +42,7 @@ class ReconnectPolicy:
         initial: the first attempt's upper bound, seconds.
         maximum: the cap on any backoff, seconds.
         factor: growth per attempt.
-        policy_violation_delay: the least wait after a close with 1008 (docs/protocol.md
+        policy_violation_delay: the least wait after a close with 1008 (the protocol,
             section 2: the connection-limit race).
         overload_delay: the least wait after 429/503 without ``Retry-After``.
         max_retry_after: the most a ``Retry-After`` may impose, seconds.
@@ -73,7 +73,7 @@ class ReconnectPolicy:
     def is_retryable(self, error: BaseException) -> bool:
         """Whether a connection that failed with ``error`` should be tried again.
 
-        A 401 is final (docs/protocol.md section 2); so is any other 4xx refusal but 408/429,
+        A 401 is final (the protocol, section 2); so is any other 4xx refusal but 408/429,
         since asking again will not change the answer.
         """
         import ssl  # here, not at import: only a wss:// connection needs it

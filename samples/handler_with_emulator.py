@@ -7,7 +7,7 @@ Two ways, both usable from pytest (copy this file into your tests as test_handle
    ones), connect the real client, and check what your handler did, including across a
    dropped connection.
 
-    pip install "c2sync[emulator]"
+    pip install ".[emulator]"      # from a checkout of c2sync
     python samples/handler_with_emulator.py
 """
 

@@ -159,3 +159,31 @@ def client_sockets(emulator: Emulator) -> list[object]:
         for c in psutil.Process().net_connections(kind="tcp")
         if c.raddr and c.raddr.port == port and c.status != psutil.CONN_TIME_WAIT
     ]
+
+
+class TracedPeak:
+    """The peak of Python's traced allocations over a ``with`` block, above what was
+    allocated when it began (``tracemalloc``): what the code under test held at its worst,
+    undisturbed by the allocator's arenas, other processes or a busy machine, as a
+    process's RSS is not. Threads still running from an earlier test are traced too;
+    bounds leave room for that (kilobytes, not the megabytes a leak makes)."""
+
+    def __init__(self) -> None:
+        self.growth = 0
+
+    def __enter__(self) -> TracedPeak:
+        import tracemalloc
+
+        self._started = not tracemalloc.is_tracing()
+        if self._started:
+            tracemalloc.start()
+        tracemalloc.reset_peak()
+        self._before = tracemalloc.get_traced_memory()[0]
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        import tracemalloc
+
+        self.growth = tracemalloc.get_traced_memory()[1] - self._before
+        if self._started:
+            tracemalloc.stop()

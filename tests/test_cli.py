@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -172,6 +172,66 @@ def test_check_bad_key_subprocess(emulator: Emulator) -> None:
     assert_one_line_error(result.stderr)
     assert "API key was refused (HTTP 401" in result.stderr
     assert bad_key not in result.stderr
+
+
+def test_check_verbose_with_a_refused_key_closes_nothing(emulator: Emulator) -> None:
+    """`c2sync check -v` with a refused key logs no close of a WebSocket that never opened:
+    the state goes CLOSED saying no connection was opened, and no "closing (code 1000)"."""
+    result = subprocess.run(
+        [*command(), "check", "-v", "--url", emulator.url],
+        env=clean_env(C2_API_KEY="sk-wrong-0123456789abcdef"),
+        capture_output=True,
+        text=True,
+        timeout=RUN_BOUND,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert any(line.endswith("state: CLOSED (no connection was opened)") for line in lines)
+    assert not any(line.endswith("state: CLOSED") for line in lines), lines
+    assert "closing (code" not in result.stderr
+    assert lines[-1].startswith("c2sync: the API key was refused")
+
+
+def test_check_refused_strategy_says_the_key_is_valid(
+    emulator: Emulator, run_main: Callable[..., tuple[int, str, str]]
+) -> None:
+    """`c2sync check --strategy ID` refused: the key was fine (said on stdout, as on
+    success), and the error line names the strategy refused."""
+    forbidden = str(FORBIDDEN_STRATEGY)
+    code, out, err = run_main(
+        "check", "--url", emulator.url, "--api-key", API_KEY, "--strategy", forbidden
+    )
+    assert code == cli.EXIT_SUBSCRIPTION
+    assert out.strip().endswith("the API key is valid")
+    assert_one_line_error(err)
+    assert "the API key is valid, but" in err and f"strategy.signal {forbidden}" in err
+    assert "FORBIDDEN" in err
+
+
+@pytest.mark.parametrize(
+    "key, strategy, before",
+    [
+        pytest.param("sk-wrong-0123456789abcdef", STRATEGY, [], id="refused-key"),
+        pytest.param(API_KEY, FORBIDDEN_STRATEGY, ["connected to"], id="refused-strategy"),
+    ],
+)
+def test_listen_says_the_error_before_closed(
+    emulator: Emulator, key: str, strategy: int, before: list[str]
+) -> None:
+    """`c2sync listen` failing prints its error line before any "closed" status line, and
+    no "closed" at all when no connection was ever open."""
+    result = subprocess.run(
+        [*command(), "listen", "--signal", str(strategy), "--url", emulator.url],
+        env=clean_env(C2_API_KEY=key),
+        capture_output=True,
+        text=True,
+        timeout=RUN_BOUND,
+    )
+    lines = [line.removeprefix("c2sync: ") for line in result.stderr.splitlines()]
+    assert lines[0].startswith("connecting to"), lines
+    error = next(i for i, line in enumerate(lines) if "refused" in line)
+    assert [line.split(" ws")[0] for line in lines[1:error]] == before
+    assert lines[error + 1 :] == (["closed"] if before else []), lines
 
 
 @pytest.mark.parametrize(
@@ -526,6 +586,43 @@ def test_listen_bad_key(emulator: Emulator) -> None:
 # emulator and demo ------------------------------------------------------------------------
 
 
+# Run a command with SIGINT ignored, as a shell script starts `command &`: `trap "" INT`
+# sets SIG_IGN, which exec keeps.
+SIGINT_IGNORED = ["sh", "-c", 'trap "" INT; exec "$@"', "sh"]
+
+
+def start_emulator_command(
+    *args: str, prefix: Sequence[str] = ()
+) -> tuple[subprocess.Popen[str], str]:
+    """`c2sync emulator --port 0 --api-key cli-key --strategy 424242 ARGS`; its URL."""
+    process = subprocess.Popen(
+        [
+            *prefix,
+            *command(),
+            "emulator",
+            "--port",
+            "0",
+            "--api-key",
+            "cli-key",
+            "--strategy",
+            "424242",
+            *args,
+        ],
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    return process, Lines(process.stdout).next()
+
+
+def stop_process(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.kill()
+    process.communicate(timeout=WAIT)
+
+
 @pytest.mark.parametrize(
     "stop, status",
     [(signal.SIGINT, cli.EXIT_INTERRUPTED), (signal.SIGTERM, cli.EXIT_TERMINATED)],
@@ -536,27 +633,8 @@ def test_emulator_command_serves_until_stopped(stop: signal.Signals, status: int
     130) or SIGTERM (exit 143) as EXIT_CODES says, closing its connections first."""
     import c2sync
 
-    process = subprocess.Popen(
-        [
-            *command(),
-            "emulator",
-            "--port",
-            "0",
-            "--api-key",
-            "cli-key",
-            "--strategy",
-            "424242",
-            "--signal-every",
-            "0.1",
-        ],
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process, url = start_emulator_command("--signal-every", "0.1")
     try:
-        assert process.stdout is not None
-        url = Lines(process.stdout).next()
         assert url.startswith("ws://127.0.0.1:") and url.endswith("/ws")
         with c2sync.connect("cli-key", url=url, connect_timeout=WAIT) as client:
             client.subscribe(c2sync.SIGNAL, 424242)
@@ -593,6 +671,12 @@ def test_demo_shows_the_resume() -> None:
     assert "no signal lost, none duplicated" in out
     heartbeats = next(t for t in out.splitlines() if "acks_sent=" in t and "emulator received" in t)
     assert "heartbeats=0" not in heartbeats
+    # The numbers it prints agree (issue 28: "heartbeats=5 acks_sent=5; ... received 6 acks").
+    counts = re.search(r"heartbeats=(\d+) acks_sent=(\d+); the emulator received (\d+) acks", out)
+    assert counts and len(set(counts.groups())) == 1, heartbeats
+    final = re.search(r"client.stats: messages=(\d+) heartbeats=(\d+) acks_sent=(\d+)", out)
+    assert final and final.group(2) == final.group(3), out
+    assert int(final.group(1)) >= 8  # the 8 signals and the positions update, at least
     assert "Traceback" not in result.stderr
 
 
@@ -605,3 +689,64 @@ def test_main_leaves_the_callers_logging_as_it_was(
     for verbose in ([], ["-v"]):
         run_main("check", "--url", emulator.url, "--api-key", API_KEY, *verbose)
         assert (log.level, log.handlers) == (level, handlers)
+
+
+def test_emulator_command_publishes_positions_for_listen() -> None:
+    """`c2sync emulator --positions-every S` publishes strategy.positions updates (its
+    --help says so), and `c2sync listen --positions ID` prints them as positions lines."""
+    help_text = subprocess.run(
+        [*command(), "emulator", "--help"], capture_output=True, text=True, timeout=RUN_BOUND
+    ).stdout
+    assert "--positions-every SECONDS" in help_text
+    emulator, url = start_emulator_command("--positions-every", "0.1")
+    listener = subprocess.Popen(
+        [*command(), "listen", "--positions", "424242", "--url", url],
+        env=clean_env(C2_API_KEY="cli-key"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert listener.stdout is not None
+        line = Lines(listener.stdout).next()
+        assert "strategy.positions" in line and "424242" in line, line
+    finally:
+        stop_process(listener)
+        stop_process(emulator)
+
+
+def test_emulator_started_with_sigint_ignored_keeps_ignoring_it() -> None:
+    """A script's background `c2sync emulator &` (SIGINT ignored on purpose) is not stopped
+    by SIGINT, as `listen` is not: SIGINT then SIGTERM exits 143, from the SIGTERM. (A
+    handled SIGINT would win: pending signals run lowest number first.)"""
+    process, _ = start_emulator_command(prefix=SIGINT_IGNORED)
+    try:
+        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=WAIT)
+        assert process.returncode == cli.EXIT_TERMINATED, stderr
+    finally:
+        stop_process(process)
+
+
+def test_listen_started_with_sigint_ignored_keeps_ignoring_it(emulator: Emulator) -> None:
+    """A script's background `c2sync listen &` keeps listening after a SIGINT (the shell
+    ignored it on purpose), and stops cleanly on SIGTERM."""
+    process = subprocess.Popen(
+        [*SIGINT_IGNORED, *command(), "listen", "--signal", str(STRATEGY), "--url", emulator.url],
+        env=clean_env(C2_API_KEY=API_KEY),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        wait_subscribed(emulator)
+        process.send_signal(signal.SIGINT)
+        emulator.publish_signal(STRATEGY)
+        assert "seq_id=1" in Lines(process.stdout).next()  # still listening
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=WAIT)
+        assert process.returncode == cli.EXIT_OK, stderr
+    finally:
+        stop_process(process)

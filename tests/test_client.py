@@ -22,6 +22,7 @@ import trustme
 
 import c2sync
 from c2sync._link import Link
+from c2sync._options import seams
 from c2sync.emulator import Emulator
 
 from .conftest import (
@@ -976,11 +977,11 @@ def test_request_in_flight_during_a_drop_is_sent_again_after_reconnecting(
             if '"subscription.request"' in text:
                 sent.set()
 
-    client = make_client(
-        reconnect_policy=c2sync.ReconnectPolicy(initial=0.05, maximum=0.1),
-        heartbeat_timeout=5,
-        link_factory=RecordingLink,
-    )
+    with seams(link_factory=RecordingLink):
+        client = make_client(
+            reconnect_policy=c2sync.ReconnectPolicy(initial=0.05, maximum=0.1),
+            heartbeat_timeout=5,
+        )
     emulator.stall()  # the request goes out but is never answered on this connection
     result: list[object] = []
     worker = threading.Thread(

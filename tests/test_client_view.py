@@ -174,3 +174,46 @@ def test_html_never_shows_the_key_even_when_text_quotes_it(emulator: Emulator) -
     assert "1011" in page
     assert key not in page and "k&amp;&lt;y&gt;" not in page
     no_raw_markup(page)
+
+
+def test_html_reads_without_jupyters_css() -> None:
+    """Every header and cell carries its own spacing and border (inline styles): shown
+    without Jupyter's style sheet, headers do not run together ("last seqlast message")."""
+    page = html_of(c2sync.Client(API_KEY, url="ws://127.0.0.1:1/ws"))
+    cells = re.findall(r"<t[hd]( [^>]*)?>", page)
+    assert cells
+    for attributes in cells:
+        assert "padding:" in attributes and "border:" in attributes, attributes
+
+
+def render_heartbeats(state: c2sync.State, stats: c2sync.Stats) -> str:
+    """The "heartbeats answered" cell of the table for these numbers."""
+    from c2sync._display import render
+
+    now = datetime.now(timezone.utc)
+    page = render(
+        state=state,
+        failure=None,
+        url="ws://127.0.0.1:1/ws",
+        up_for=1.0,
+        stats=stats,
+        subscriptions={},
+        gap_notes={},
+        now=now,
+        secret=API_KEY,
+    )
+    (cell,) = re.findall(r"heartbeats answered</th><td[^>]*>([^<]*)</td>", page)
+    return cell
+
+
+def test_html_says_when_the_first_heartbeat_is_due() -> None:
+    """An open connection with no heartbeat yet says when the first is due (the service
+    sends one every 30 s), so "0" does not read as a fault; once one came, its age."""
+
+    assert render_heartbeats(c2sync.State.OPEN, c2sync.Stats()) == (
+        "0 (the first is due within 30 s of connecting)"
+    )
+    assert render_heartbeats(c2sync.State.CLOSED, c2sync.Stats()) == "0"
+    last = datetime.now(timezone.utc)
+    seen = render_heartbeats(c2sync.State.OPEN, c2sync.Stats(heartbeats=1, last_heartbeat=last))
+    assert seen.startswith("1 (last ") and "due" not in seen

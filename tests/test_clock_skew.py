@@ -14,6 +14,7 @@ import pytest
 import websocket
 
 import c2sync
+from c2sync._options import seams
 from c2sync.codec import parse_timestamp
 from c2sync.emulator import Emulator
 
@@ -88,7 +89,8 @@ def test_without_the_correction_the_subscribe_fails_naming_the_clock(
     """The test seam proves what the correction does: the server refuses the timestamp,
     and the ServerError says how far off the clock is."""
     emulator = make_emulator(clock_offset=300.0)
-    client = connect(emulator, correct_clock=False)
+    with seams(correct_clock=False):
+        client = connect(emulator)
     with client, pytest.raises(c2sync.ServerError) as caught:
         client.subscribe(c2sync.SIGNAL, STRATEGY)
     error = caught.value

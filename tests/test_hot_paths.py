@@ -351,6 +351,7 @@ def test_an_ack_that_cannot_be_sent_loses_none_of_the_frames_read_with_it() -> N
     (their resume points already count them; before, they were dropped)."""
     import c2sync
     from c2sync._link import Link
+    from c2sync._options import seams
 
     from .conftest import API_KEY
     from .hostile import CONNECTED, WAIT, Conn, RawServer, text
@@ -387,9 +388,8 @@ def test_an_ack_that_cannot_be_sent_loses_none_of_the_frames_read_with_it() -> N
 
     server = RawServer(handler)
     try:
-        client = c2sync.connect(
-            API_KEY, url=server.url, reconnect=False, link_factory=FailingAcks
-        )
+        with seams(link_factory=FailingAcks):
+            client = c2sync.connect(API_KEY, url=server.url, reconnect=False)
         try:
             client.subscribe(SIGNAL, WANTED[0], timeout=WAIT)
             seq_ids = []

@@ -17,6 +17,7 @@ import c2sync
 from c2sync import State
 from c2sync._lifecycle import Lifecycle, fresh
 from c2sync._link import Link
+from c2sync._options import seams
 from c2sync.emulator import Emulator
 
 from .conftest import API_KEY, STRATEGY, WAIT, MakeEmulator
@@ -184,7 +185,8 @@ def test_close_during_a_reconnect_never_reopens(emulator: Emulator) -> None:
     """close() while a reconnect attempt is under way: CLOSED once, no OPEN after it."""
     states = States()
     gate = Gate()
-    client = make(emulator, states, link_factory=gate)
+    with seams(link_factory=gate):
+        client = make(emulator, states)
     client.connect()
     emulator.drop()
     assert gate.waiting.wait(WAIT)  # the reader is inside a connection attempt

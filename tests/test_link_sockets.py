@@ -24,6 +24,7 @@ import trustme
 
 import c2sync
 import c2sync._link
+from c2sync._options import seams
 from c2sync.emulator import Emulator
 
 from .conftest import API_KEY, STRATEGY, MakeServer, c2sync_threads, client_sockets
@@ -207,9 +208,8 @@ def test_close_ends_the_client_whatever_sending_the_close_frame_raises(
         def send_close(self, *args: Any, **kwargs: Any) -> None:
             raise RuntimeError("the close frame could not be built")
 
-    client = c2sync.connect(
-        API_KEY, url=emulator.url, heartbeat_timeout=30, link_factory=Broken
-    )
+    with seams(link_factory=Broken):
+        client = c2sync.connect(API_KEY, url=emulator.url, heartbeat_timeout=30)
     client.close()
     assert client.state is c2sync.State.CLOSED
     assert not [t.name for t in c2sync_threads() if t.ident not in before]

@@ -217,3 +217,144 @@ def test_package_metadata_is_complete() -> None:
     names = {line.split(">=")[0] for line in docs if line}
     assert names == {"sphinx", "furo", "myst-parser", "websockets"}  # the emulator's pages
     assert all(">=" in line for line in docs if line)
+
+
+# Issue 28: a newcomer's first hour, again.
+
+
+def user_facing_files() -> list[Path]:
+    """What a user reads: the README, the docs pages, the samples (the notebook included)
+    and the package's sources (their docstrings and messages)."""
+    found = [ROOT / "README.rst", *sorted((ROOT / "docs").rglob("*.md"))]
+    found += sorted((ROOT / "docs").rglob("*.rst")) + sorted((ROOT / "samples").iterdir())
+    found += sorted((ROOT / "c2sync").rglob("*.py"))
+    return [p for p in found if p.is_file() and "_build" not in p.parts]
+
+
+def test_every_page_states_the_python_setup_cfg_requires() -> None:
+    """setup.cfg's python_requires, the README and the quickstart name the same oldest
+    Python, and no user-facing page asks for a newer one ("Python 3.10 or later")."""
+    import configparser
+    import re
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg", encoding="utf-8")
+    oldest = config["options"]["python_requires"].strip().removeprefix(">=")
+    for page in (ROOT / "README.rst", ROOT / "docs" / "quickstart.md"):
+        assert f"Python {oldest} or later" in page.read_text(encoding="utf-8"), page.name
+    for page in user_facing_files():
+        for stated in re.findall(r"Python (3\.\d+)\+? or (?:later|newer)", page.read_text("utf-8")):
+            assert stated == oldest, f"{page.relative_to(ROOT)} asks for Python {stated}+"
+
+
+def test_no_install_command_assumes_the_package_index() -> None:
+    """c2sync is installed from a checkout (``pip install ".[extra]"``): no page, sample,
+    docstring or error message tells a user to ``pip install "c2sync[...]"`` from PyPI,
+    where the package is not."""
+    import re
+
+    pypi = re.compile(r"""pip install\s+(?:\\?["'])?c2sync(?:\[|\b)""")
+    offenders = [
+        f"{page.relative_to(ROOT)}: {match.group(0)}"
+        for page in user_facing_files()
+        for match in pypi.finditer(page.read_text(encoding="utf-8"))
+    ]
+    assert not offenders
+
+
+# pytest plugins the suite uses without importing them: -n (xdist), the timeout setting.
+_PLUGINS = {"pytest", "pytest-xdist", "pytest-timeout"}
+
+
+def test_the_test_extra_holds_only_what_the_tests_use() -> None:
+    """``pip install ".[test]"`` (the README's second command) installs what the tests
+    import or run (``-m build``), nothing for lint or types: those are the ``[dev]`` extra,
+    which the noxfile's lint and types sessions install."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg", encoding="utf-8")
+    extras = config["options.extras_require"]
+
+    def names(extra: str) -> set[str]:
+        return {line.split(">")[0].split("=")[0].strip() for line in extras[extra].split("\n")}
+
+    test = names("test") - {""}
+    assert not test & {"mypy", "ruff", "nox"}
+    assert names("dev") - {""} >= {"mypy", "ruff"}
+    tests = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "tests").glob("*.py"))
+    for name in sorted(test - _PLUGINS):
+        module = name.replace("-", "_")
+        uses = (f"import {module}", f"from {module}", f'"{module}"', f'"-m", "{module}"')
+        assert any(use in tests for use in uses), f"no test uses {name}"
+
+
+def _parse(msg_type: str, payload: dict[str, object], **fields: object) -> object:
+    import json
+
+    import c2sync
+
+    return c2sync.parse_message(json.dumps({"msg_type": msg_type, "payload": payload, **fields}))
+
+
+def test_describe_gives_the_human_line_not_the_payload_codes() -> None:
+    """``Signal.describe()`` and ``Positions.describe()`` give the line ``c2sync listen``
+    prints (side and order type in words), plain fields for a payload shaped otherwise (the
+    schema is not published: the docstring says so), and never the API key."""
+    import c2sync
+    from c2sync._format import format_message
+
+    order = {
+        "StrategyId": STRATEGY,
+        "Side": "1",
+        "Quantity": 5,
+        "C2Symbol": {"FullSymbol": "@ESZ5"},
+        "OrderType": "2",
+        "Limit": 5210.25,
+        "SignalId": 150000041,
+    }
+    signal = _parse("strategy.signal", order, seq_id=41)
+    assert isinstance(signal, c2sync.Signal)
+    assert signal.describe() == "BUY 5 @ESZ5 limit 5210.25 (SignalId 150000041)"
+    assert signal.describe() in format_message(signal)
+    sell = _parse("strategy.signal", {**order, "Side": "2", "Limit": None}, seq_id=42)
+    assert sell.describe() == "SELL 5 @ESZ5 market (SignalId 150000041)"  # type: ignore[attr-defined]
+    odd = _parse("strategy.signal", {"Action": "flat", "Size": 3, "Legs": [1]}, seq_id=43)
+    assert odd.describe() == "Action=flat Size=3"  # type: ignore[attr-defined]
+    assert "schema" in (c2sync.Signal.describe.__doc__ or "")
+
+    holdings = {
+        "StrategyId": STRATEGY,
+        "Positions": [
+            {"C2Symbol": {"FullSymbol": "@ESZ5"}, "Quantity": 5, "AvgPx": 5201.5},
+            {"C2Symbol": {"FullSymbol": "AAPL"}, "Quantity": -10, "AvgPx": 187.2},
+        ],
+    }
+    positions = _parse("strategy.positions", holdings)
+    assert isinstance(positions, c2sync.Positions)
+    assert positions.describe() == "2 open: @ESZ5 +5 @ 5201.5, AAPL -10 @ 187.2"
+
+    key = "sk-describe-" + "9" * 16
+    c2sync.Client(key, url="ws://127.0.0.1:1/ws")  # remembers the key, as a real one does
+    echoed = _parse("strategy.signal", {**order, "C2Symbol": {"FullSymbol": key}}, seq_id=44)
+    assert key not in echoed.describe() and "***" in echoed.describe()  # type: ignore[attr-defined]
+
+
+def test_the_readme_lists_every_client_option_and_no_test_seam() -> None:
+    """Every parameter of ``Client(...)`` (and so of ``connect(...)``) is in the README's
+    option list, and the test seams (``link_factory``, ``correct_clock``) are in neither
+    signature nor docstring: a user sees only what is meant for them."""
+    import inspect
+
+    import c2sync
+
+    readme = (ROOT / "README.rst").read_text(encoding="utf-8")
+    options = readme.split("\nOptions: ", 1)[1].split("\n\n", 1)[0]
+    parameters = inspect.signature(c2sync.Client).parameters
+    for name in set(parameters) - {"api_key", "url"}:
+        assert f"``{name}``" in options, f"the README's option list lacks {name}"
+    for seam in ("link_factory", "correct_clock"):
+        assert seam not in parameters
+        assert seam not in (c2sync.Client.__doc__ or "") + (c2sync.connect.__doc__ or "")
+        with pytest.raises(TypeError):
+            c2sync.Client("k", **{seam: None})  # type: ignore[arg-type]

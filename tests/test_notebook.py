@@ -294,3 +294,28 @@ def test_notebook_client_dropped_without_close_is_closed(
     assert emulator.connections[0].close_code == 1000
     kernel.run("close")
     emulator.wait_for_connections(0, WAIT)
+
+
+# Methods whose result a cell would show (and keep in Out) if a cell ended with the call.
+_RETURNS_A_VALUE = {"on", "on_state", "on_error", "connect", "subscribe", "unsubscribe"}
+
+
+def test_no_cell_ends_by_showing_a_handle_or_the_client() -> None:
+    """No code cell ends with ``client.on(...)`` (its ``Handle(...)`` would show as the
+    cell's result), ``client.connect()`` (the client, kept in ``Out``) or a subscribe's ack."""
+    import ast
+
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    shown = []
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type != "code" or not cell.source.strip():
+            continue
+        last = ast.parse(cell.source).body[-1]
+        if (
+            isinstance(last, ast.Expr)
+            and isinstance(last.value, ast.Call)
+            and isinstance(last.value.func, ast.Attribute)
+            and last.value.func.attr in _RETURNS_A_VALUE
+        ):
+            shown.append(f"cell {index}: {ast.unparse(last)}")
+    assert not shown

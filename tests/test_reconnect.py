@@ -19,6 +19,7 @@ import pytest
 
 import c2sync
 from c2sync._link import Link
+from c2sync._options import seams
 from c2sync.emulator import Emulator
 from c2sync.emulator._records import ConnectionRecord, SubscriptionRequestRecord
 
@@ -303,7 +304,8 @@ def test_every_signal_arrives_once_in_order_across_a_fault(
     stuck in 6 (7 and 8 wait in its backlog) through the whole fault."""
     caplog.set_level(logging.WARNING, logger="c2sync")
     gate = ReconnectGate()
-    client, rec = open_client(mode, link_factory=gate)
+    with seams(link_factory=gate):
+        client, rec = open_client(mode)
     outcome: list[object] = []
     runner = threading.Thread(target=_run_forever, args=(client, outcome))
     if mode != "recv":  # a callback user blocks in run_forever(): a reconnect must not end it
@@ -507,13 +509,13 @@ def test_more_missed_than_the_replay_holds_gives_a_gap_then_live_signals(
     missed = max_replay + 15
     with make_emulator(max_replay=max_replay) as emulator:
         gate = ReconnectGate()
-        client = c2sync.Client(
-            API_KEY,
-            url=emulator.url,
-            heartbeat_timeout=HEARTBEAT_TIMEOUT,
-            reconnect_policy=POLICY,
-            link_factory=gate,
-        )
+        with seams(link_factory=gate):
+            client = c2sync.Client(
+                API_KEY,
+                url=emulator.url,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                reconnect_policy=POLICY,
+            )
         rec = Recorder(client, "recv")
         client.on_state(rec.on_state)
         with client:
@@ -684,7 +686,8 @@ def test_first_signal_unread_at_the_drop_loses_nothing(
 ) -> None:
     """Signal 1 arrives unread, the link drops, 2 and 3 are published meanwhile: 1, 2, 3."""
     gate = ReconnectGate()
-    client, rec = open_client(mode, link_factory=gate, reconnect_policy=FAST)
+    with seams(link_factory=gate):
+        client, rec = open_client(mode, reconnect_policy=FAST)
     rec.block_at = 1
     client.subscribe(c2sync.SIGNAL, STRATEGY)
     publish(emulator, 1)

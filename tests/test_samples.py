@@ -28,7 +28,7 @@ def sample_env(emulator: Emulator, key: str = API_KEY) -> dict[str, str]:
 
 
 def run_sample(
-    name: str, *args: str, env: dict[str, str], cwd: Path
+    name: str, *args: str, env: dict[str, str], cwd: Path, bound: float = RUN_BOUND
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(SAMPLES / name), *args],
@@ -36,7 +36,7 @@ def run_sample(
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=RUN_BOUND,
+        timeout=bound,
     )
 
 
@@ -80,6 +80,7 @@ def test_every_sample_is_tested() -> None:
         "checkpoint_resume.py",
         "errors_and_gaps.py",
         "handler_with_emulator.py",
+        "run_notebook.py",
     }
     assert {p.name for p in SAMPLES.glob("*.py")} == tested
 
@@ -242,3 +243,36 @@ def test_handler_with_emulator(tmp_path: Path) -> None:
         "unit test: OK",
         "end-to-end test against the emulator: OK",
     ]
+
+
+def test_run_notebook_runs_every_cell_against_the_emulator(tmp_path: Path) -> None:
+    """run_notebook.py (the documented headless command) starts the emulator, hands its URL
+    and key to a fresh kernel, and runs the whole notebook: every code cell's output is
+    printed, the last closes the client, and --output saves the executed notebook."""
+    pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    env = {k: v for k, v in os.environ.items() if k not in ("C2_API_KEY", "C2_WS_URL")}
+    env["JUPYTER_PLATFORM_DIRS"] = "1"
+    saved = tmp_path / "run.ipynb"
+    result = run_sample(
+        "run_notebook.py", "--output", str(saved), env=env, cwd=tmp_path, bound=4 * RUN_BOUND
+    )
+    assert result.returncode == 0, result.stderr
+    assert "connected, subscribed to strategy 12345678" in result.stdout
+    assert "<c2sync.Client CLOSED " in result.stdout.splitlines()[-2]
+    assert "Handle(" not in result.stdout  # no cell shows a callback's handle
+    cells = json.loads(saved.read_text(encoding="utf-8"))["cells"]
+    code = [cell for cell in cells if cell["cell_type"] == "code"]
+    assert all(cell["execution_count"] for cell in code)
+
+
+def test_the_notebook_extra_installs_what_the_notebook_needs() -> None:
+    """``pip install ".[notebook]"`` brings the emulator, pandas, a kernel and what
+    run_notebook.py imports."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(SAMPLES.parent / "setup.cfg", encoding="utf-8")
+    lines = config["options.extras_require"]["notebook"].split("\n")
+    names = {line.split(">")[0].strip() for line in lines if line.strip()}
+    assert names >= {"websockets", "pandas", "ipykernel", "nbclient", "nbformat"}

@@ -1,7 +1,7 @@
 """A local Collective2 API v4 WebSocket server, for demos and tests (extra ``[emulator]``).
 
-It speaks ``docs/protocol.md`` exactly, enforces its limits, and has fault knobs to exercise a
-client's error handling::
+It speaks the protocol (https://c2sync.readthedocs.io/en/latest/protocol.html) exactly,
+enforces its limits, and has fault knobs to exercise a client's error handling::
 
     from c2sync.emulator import Emulator
 
@@ -27,7 +27,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(
         "c2sync.emulator needs the 'websockets' package: from a checkout of c2sync, "
-        'pip install ".[emulator]"; from PyPI, pip install "c2sync[emulator]"'
+        'pip install ".[emulator]"'
     ) from exc
 
 from ._cli import main

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -35,7 +36,13 @@ class _Stopped(Exception):
 
 @contextmanager
 def _stop_on_signals() -> Iterator[None]:
-    """Turn SIGINT and SIGTERM (``kill``, ``docker stop``) into :class:`_Stopped`."""
+    """Turn SIGINT and SIGTERM (``kill``, ``docker stop``) into :class:`_Stopped`.
+
+    A SIGINT ignored when the process started stays ignored, as ``c2sync listen`` (and
+    Python itself) leaves it: a shell script starts its background jobs (``&``) so, on
+    purpose, for a Ctrl-C meant for the foreground command to spare them. SIGTERM still
+    stops the emulator.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -43,7 +50,10 @@ def _stop_on_signals() -> Iterator[None]:
     def stop(signum: int, frame: Any) -> None:
         raise _Stopped(signum)
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signals = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signals.append(signal.SIGINT)
+    previous = {sig: signal.signal(sig, stop) for sig in signals}
     try:
         yield
     finally:
@@ -78,7 +88,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         prog=prog,
         description="Run a local Collective2 API v4 WebSocket emulator until Ctrl-C.",
         epilog=f"{_dialects_help()}\n\n"
-        "exit status: 130 after Ctrl-C, 143 after SIGTERM, 1 if it could not start",
+        "exit status: 130 after Ctrl-C, 143 after SIGTERM, 1 if it could not start. "
+        "Started with SIGINT ignored (a script's background job), it keeps ignoring it: "
+        "stop it with SIGTERM (kill).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (127.0.0.1)")
@@ -105,6 +117,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         help="publish a generated signal on every strategy this often",
     )
     parser.add_argument(
+        "--positions-every",
+        type=_positive,
+        metavar="SECONDS",
+        help="publish a generated strategy.positions update on every strategy this often",
+    )
+    parser.add_argument(
         "--heartbeat-interval",
         type=_positive,
         default=HEARTBEAT_INTERVAL,
@@ -129,6 +147,30 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log connections")
     return parser
+
+
+def _publish_until(
+    stop: threading.Event,
+    emulator: Emulator,
+    strategies: Sequence[int],
+    signal_every: float | None,
+    positions_every: float | None,
+) -> None:
+    """Publish signals and positions updates on every strategy at their periods until
+    ``stop`` is set (or a signal handler raises); with neither period, just wait."""
+    publish = {emulator.publish_signal: signal_every, emulator.publish_positions: positions_every}
+    periods = {fn: every for fn, every in publish.items() if every is not None}
+    due = {fn: time.monotonic() + every for fn, every in periods.items()}
+    while True:
+        if not due:
+            stop.wait()  # in main(), ended by a signal handler's exception only
+            return
+        fn = min(due, key=due.__getitem__)
+        if stop.wait(max(0.0, due[fn] - time.monotonic())):
+            return
+        for strategy in strategies:
+            fn(strategy)
+        due[fn] += periods[fn]
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m c2sync.emulator") -> int:
@@ -176,23 +218,18 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m c2sync.emulat
     stop = threading.Event()  # never set: the waits below end on their timeout or a signal
     status = EXIT_SIGINT
     try:
-        print(emulator.url, flush=True)
-        print(
-            f"strategies: {', '.join(map(str, strategies))}; "
-            f"{len(api_keys)} API key(s) accepted; Ctrl-C to stop",
-            file=sys.stderr,
-            flush=True,
-        )
-        if args.dialect:
-            chosen = ", ".join(f"{name}={value}" for name, value in args.dialect)
-            print(f"dialect: {chosen}", file=sys.stderr, flush=True)
-        with _stop_on_signals():
-            if args.signal_every is None:
-                stop.wait()
-            else:
-                while not stop.wait(args.signal_every):
-                    for strategy in strategies:
-                        emulator.publish_signal(strategy)
+        with _stop_on_signals():  # before the URL: whoever read it may signal at once
+            print(emulator.url, flush=True)
+            print(
+                f"strategies: {', '.join(map(str, strategies))}; "
+                f"{len(api_keys)} API key(s) accepted; Ctrl-C to stop",
+                file=sys.stderr,
+                flush=True,
+            )
+            if args.dialect:
+                chosen = ", ".join(f"{name}={value}" for name, value in args.dialect)
+                print(f"dialect: {chosen}", file=sys.stderr, flush=True)
+            _publish_until(stop, emulator, strategies, args.signal_every, args.positions_every)
     except _Stopped as stopped:
         status = EXIT_SIGTERM if stopped.signum == signal.SIGTERM else EXIT_SIGINT
     except KeyboardInterrupt:  # Ctrl-C before the handlers were in place

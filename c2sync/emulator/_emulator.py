@@ -142,7 +142,7 @@ class _LoopThread:
 
 
 class Emulator(FaultKnobs):
-    """A local Collective2 API v4 WebSocket server for demos and tests (docs/protocol.md).
+    """A local Collective2 API v4 WebSocket server for demos and tests (the protocol page).
 
     It runs its own asyncio loop in a daemon thread; every method may be called from any
     thread. Use it as a context manager, or call :meth:`start` and :meth:`close`.

@@ -47,7 +47,7 @@ class ReceivedFrame:
 
 @attrs.frozen
 class HeartbeatRecord:
-    """One ``heartbeat`` the emulator sent, and when it was acknowledged (docs/protocol.md 5).
+    """One ``heartbeat`` the emulator sent, and when it was acknowledged (the protocol, section 5).
 
     Attributes:
         id: the heartbeat message's ``id``.
@@ -63,7 +63,7 @@ class HeartbeatRecord:
 
 @attrs.frozen
 class SubscriptionRequestRecord:
-    """One ``subscription.request`` the emulator received (docs/protocol.md 6), as sent.
+    """One ``subscription.request`` the emulator received (the protocol, section 6), as sent.
 
     Fields hold the client's values unchanged (so a wrongly typed value stays visible);
     a field the request did not carry is None.
