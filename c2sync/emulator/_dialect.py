@@ -41,7 +41,7 @@ class DialectPoint:
     """One open point of the docs the emulator can read several ways.
 
     Attributes:
-        default: the reading the emulator plays unless told otherwise (docs/protocol.md's).
+        default: the reading the emulator plays unless told otherwise (the protocol page's).
         values: every reading allowed, for a point with a fixed list; empty for an integer
             point (``v``, ``heartbeat_close_code``), whose allowed values ``allowed``
             describes.

@@ -196,7 +196,7 @@ class Emulator(FaultKnobs):
             dialect: how to read the points the public docs leave open, NAME -> VALUE (for
                 example ``{"frames": "binary", "resume_from": "string"}``); every name, its
                 values and its default are in :data:`c2sync.emulator.DIALECTS`. None or
-                ``{}``: docs/protocol.md's reading throughout.
+                ``{}``: the protocol page's reading throughout.
 
         Raises:
             ValueError: a limit or interval is out of range, a strategy id is not a
