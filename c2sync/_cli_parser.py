@@ -212,6 +212,39 @@ def build_parser(version: str) -> argparse.ArgumentParser:
         "and replayed (10000)",
     )
 
+    record = commands.add_parser(
+        "record",
+        parents=[connection, verbosity],
+        help="keep every signal, position update and gap in a database, each once",
+        description=_wrap(
+            "Write every signal (and with --positions every position update), and every "
+            "gap, into the table c2sync_journal of a SQLite or PostgreSQL database, each "
+            "exactly once across reconnects, restarts and kills: the signals' checkpoint "
+            "commits with each row. Until Ctrl-C (or SIGTERM); exit 0."
+        ),
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    record.add_argument(
+        "--to",
+        required=True,
+        metavar="URL",
+        help="sqlite:///signals.db (sqlite:////abs/path.db) or postgresql://user@host/db",
+    )
+    record.add_argument(
+        "--strategy",
+        type=_strategy_id,
+        action="append",
+        default=[],
+        metavar="ID",
+        help="record this strategy's signals (repeatable)",
+    )
+    record.add_argument(
+        "--positions",
+        action="store_true",
+        help="also record the position updates of every --strategy",
+    )
+
     commands.add_parser(
         "emulator",
         add_help=False,
