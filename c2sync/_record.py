@@ -213,9 +213,15 @@ def record(args: argparse.Namespace) -> int:
                     if args.positions:
                         client.subscribe(POSITIONS, strategy)
                 cli._err(f"recording into {where}; Ctrl-C to stop")
+                # On a terminal, the line catches up once the stream pauses.
+                wait = None if progress is None else progress.interval
                 while True:
                     try:
-                        message = client.recv()
+                        message = client.recv(timeout=wait)
+                    except TimeoutError:
+                        if progress is not None:
+                            progress.show(journal, force=True)
+                        continue
                     except QueueOverflow as overflow:
                         # The database was too slow: replay what was dropped, from what
                         # is committed (docs/api-contract.md "Back-pressure").
