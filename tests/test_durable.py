@@ -344,15 +344,23 @@ def test_journal_keys_signals_and_gaps_and_keeps_every_position_update(tmp_path:
     assert journal.counts == {"signals": 2, "positions": 2, "gaps": 1}
 
 
-def test_the_journal_is_one_line_away_from_a_data_frame(tmp_path: Path) -> None:
-    """docs/durable.md's pandas.read_sql line reads the journal back."""
-    pandas = pytest.importorskip("pandas")
-    journal = Journal(c2sync.SQLiteCheckpoint(tmp_path / "j.db"), Redactor(API_KEY))
+def test_the_journal_is_one_line_away_from_a_data_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/durable.md's pandas.read_sql block reads a journal back, run as written."""
+    pytest.importorskip("pandas")
+    page = (Path(__file__).resolve().parent.parent / "docs" / "durable.md").read_text("utf-8")
+    block = page.split("Reading the journal back", 1)[1].split("```py\n", 1)[1]
+    code = block.split("```", 1)[0]
+    assert "pandas.read_sql(" in code and "signals.db" in code
+    journal = Journal(c2sync.SQLiteCheckpoint(tmp_path / "signals.db"), Redactor(API_KEY))
     for seq_id in (1, 2, 3):
         journal.write(signal_of(seq_id))
     journal.store.close()
-    with sqlite3.connect(tmp_path / "j.db") as db:
-        frame = pandas.read_sql("SELECT * FROM c2sync_journal", db)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)  # the documentation's own example
+    frame = namespace["frame"]
     assert list(frame["seq_id"]) == [1, 2, 3]
     assert list(frame.columns) == ["id", "strategy_id", "seq_id", "msg_type", "timestamp", "raw"]
 
