@@ -127,15 +127,15 @@ class Journal:
         elif isinstance(message, Gap):
             row = self._row(message, message.strategy_id, message.missing_after)
             if message.missing_after is None:
-                written = self.store.transaction(lambda c: self._insert(c, row))
+                written = bool(self.store.transaction(lambda c: self._insert(c, row)))
             else:
-                written = self.store.transaction(lambda c: self._insert_once(c, row))
+                written = bool(self.store.transaction(lambda c: self._insert_once(c, row)))
             kind = "gaps"
         elif isinstance(message, Positions) or message.msg_type == SIGNAL_TYPE:
             # Positions, and a signal whose seq_id can order nothing (kept as received).
             strategy_id = getattr(message, "strategy_id", None)
             row = self._row(message, strategy_id, None)
-            written = self.store.transaction(lambda c: self._insert(c, row))
+            written = bool(self.store.transaction(lambda c: self._insert(c, row)))
             kind = "positions" if isinstance(message, Positions) else "signals"
         else:
             return False  # acks, errors: not journal material

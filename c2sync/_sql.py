@@ -208,7 +208,7 @@ class SQLCheckpoint:
             logger.debug("rollback failed; reconnecting next time", exc_info=True)
             self._forget(connection)
 
-    def transaction(self, fn: Callable[[Any], T]) -> T:
+    def transaction(self, fn: Callable[[Any], Any]) -> Any:
         """Run ``fn(connection)`` in one transaction of this thread's connection: committed
         when it returns, rolled back (and re-raised) when it raises."""
         connection = self.connection()
@@ -333,8 +333,8 @@ class SQLCheckpoint:
             1000 below, counts as above).
 
         Raises:
-            whatever ``fn`` raises, after rolling everything back (the point included);
-            the database's errors likewise.
+            Exception: whatever ``fn`` raises, after everything (the point included) was
+                rolled back; the database's errors likewise.
         """
         if not isinstance(signal, Signal):
             raise TypeError(f"apply() takes a c2sync.Signal, not {type(signal).__name__}")
@@ -360,7 +360,7 @@ class SQLCheckpoint:
 class SQLiteCheckpoint(SQLCheckpoint):
     """The checkpoint in a SQLite file, through the standard library's ``sqlite3``.
 
-    WAL mode and a busy timeout (:data:`BUSY_TIMEOUT` seconds): several processes and
+    WAL mode and a busy timeout (10 seconds): several processes and
     threads may share the file; writers take turns, readers never wait. Each transaction
     begins ``IMMEDIATE`` (the write lock first), so two writers never deadlock. SQLite's
     default ``synchronous`` (FULL) is kept: a commit survives a power cut.
