@@ -18,7 +18,7 @@ import attrs
 from ._framing import DEFAULT_MAX_SIZE
 from ._proxy import parse_proxy
 from ._spec import DEFAULT_URL, HEARTBEAT_TIMEOUT
-from ._sql import SQLITE_PREFIX, checkpoint_from_url
+from ._sql import URL_PREFIXES, checkpoint_from_url
 from .checkpoint import Checkpoint, FileCheckpoint
 from .reconnect import ReconnectPolicy
 
@@ -111,7 +111,7 @@ class Options:
         store: Checkpoint | None
         if checkpoint is None or isinstance(checkpoint, Checkpoint):
             store = checkpoint
-        elif isinstance(checkpoint, str) and checkpoint.startswith(SQLITE_PREFIX):
+        elif isinstance(checkpoint, str) and checkpoint.startswith(URL_PREFIXES):
             store = checkpoint_from_url(checkpoint)
         elif isinstance(checkpoint, (str, os.PathLike)):
             store = FileCheckpoint(checkpoint)

@@ -27,7 +27,13 @@ from typing import Any, TypeVar
 from ._streams import MAX_SEQ_ID, RESTART_DISTANCE, valid_seq_id
 from .messages import Signal
 
-__all__ = ["BUSY_TIMEOUT", "SQLCheckpoint", "SQLiteCheckpoint", "checkpoint_from_url"]
+__all__ = [
+    "BUSY_TIMEOUT",
+    "URL_PREFIXES",
+    "SQLCheckpoint",
+    "SQLiteCheckpoint",
+    "checkpoint_from_url",
+]
 
 logger = logging.getLogger("c2sync.checkpoint")
 
@@ -35,6 +41,7 @@ T = TypeVar("T")
 
 BUSY_TIMEOUT = 10.0  # seconds a SQLite statement waits for another writer's lock
 SQLITE_PREFIX = "sqlite:///"
+URL_PREFIXES = (SQLITE_PREFIX, "postgresql://", "postgres://")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 _PARAMSTYLES = ("qmark", "numeric", "named", "format", "pyformat")
 
@@ -133,12 +140,7 @@ class SQLCheckpoint:
         connection = getattr(self._local, "connection", None)
         if connection is not None:
             return connection
-        stale: list[Any] = []
-        with self._lock:
-            for thread in [t for t in self._connections if not t.is_alive()]:
-                stale.append(self._connections.pop(thread))
-        for old in stale:
-            _close_quietly(old)
+        self.flush()
         connection = self._open()
         try:
             if self._style is None:
@@ -153,6 +155,14 @@ class SQLCheckpoint:
         with self._lock:
             self._connections[threading.current_thread()] = connection
         return connection
+
+    def flush(self) -> None:
+        """Nothing waits to be written (every save commits); closes the connections of
+        threads that have ended (the client calls this as it closes, after its threads)."""
+        with self._lock:
+            stale = [self._connections.pop(t) for t in list(self._connections) if not t.is_alive()]
+        for connection in stale:
+            _close_quietly(connection)
 
     def _forget(self, connection: Any) -> None:
         """Drop a connection that failed (the next call opens a new one)."""

@@ -191,6 +191,31 @@ def test_sqlite_store_is_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> None
     store.close()
 
 
+def test_each_thread_has_its_connection_and_an_ended_threads_is_closed(tmp_path: Path) -> None:
+    """Connections are per thread; flush() (called by the client as it closes) closes
+    those of threads that have ended, close() the rest."""
+    store = c2sync.SQLiteCheckpoint(tmp_path / "x.db")
+    theirs: list[sqlite3.Connection] = []
+
+    def save() -> None:
+        store.save(STRATEGY, 1)
+        theirs.append(store.connection())
+
+    worker = threading.Thread(target=save)
+    worker.start()
+    worker.join(WAIT)
+    theirs[0].execute("SELECT 1")  # open until something notices its thread ended
+    store.flush()
+    with pytest.raises(sqlite3.ProgrammingError):
+        theirs[0].execute("SELECT 1")
+    mine = store.connection()
+    assert mine is not theirs[0]
+    assert store.load() == {STRATEGY: 1}
+    store.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        mine.execute("SELECT 1")
+
+
 # With a client ---------------------------------------------------------------------------
 
 
@@ -207,6 +232,25 @@ def test_sqlite_url_checkpoint_resumes_a_client(emulator: Emulator, tmp_path: Pa
         again.subscribe(c2sync.SIGNAL, STRATEGY)
         assert again.recv(timeout=WAIT).seq_id == 4
     assert emulator.connections[1].subscription_requests[0].resume_from == 3
+
+
+def test_postgresql_url_checkpoint_keeps_a_clients_point_in_the_server(
+    emulator: Emulator, postgres_url: str
+) -> None:
+    """checkpoint="postgresql://...": the client's saves land in the server's table."""
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        db.execute("DROP TABLE IF EXISTS c2sync_checkpoint")
+    with c2sync.connect(API_KEY, url=emulator.url, checkpoint=postgres_url) as client:
+        client.subscribe(c2sync.SIGNAL, STRATEGY)
+        for _ in range(3):
+            emulator.publish_signal(STRATEGY)
+        assert [client.recv(timeout=WAIT).seq_id for _ in range(2)] == [1, 2]
+    with psycopg.connect(postgres_url) as db:
+        assert db.execute("SELECT strategy_id, seq_id FROM c2sync_checkpoint").fetchall() == [
+            (STRATEGY, 2)
+        ]
 
 
 def test_a_failed_apply_is_not_counted_by_a_clean_close(
