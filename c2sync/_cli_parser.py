@@ -40,14 +40,14 @@ EXIT_TERMINATED = 143
 
 #: What each exit status means (shown by ``c2sync --help`` and in the README).
 EXIT_CODES: dict[int, str] = {
-    EXIT_OK: "success (and `listen` stopped with Ctrl-C or SIGTERM)",
+    EXIT_OK: "success (and `listen` or `record` stopped with Ctrl-C or SIGTERM)",
     EXIT_ERROR: "any other error (the server broke the protocol, the emulator could not start)",
     EXIT_AUTH: "no API key, the key was refused (HTTP 401), or a wrong command line",
     EXIT_REFUSED: "the server refused the connection: HTTP 429 (rate or connection limit), "
     "503 or another status, or a 1008 close right after the upgrade",
     EXIT_NETWORK: "a timeout or a network error (host unreachable, connection lost, TLS)",
     EXIT_SUBSCRIPTION: "the server refused a subscription (e.g. FORBIDDEN)",
-    EXIT_INTERRUPTED: "interrupted with Ctrl-C (any command but `listen`)",
+    EXIT_INTERRUPTED: "interrupted with Ctrl-C (any command but `listen` and `record`)",
     EXIT_TERMINATED: "`emulator` stopped with SIGTERM (`kill`, `docker stop`)",
 }
 
