@@ -343,6 +343,67 @@ def test_two_clients_share_one_sqlite_file(emulator: Emulator, tmp_path: Path) -
     assert points == {STRATEGY: total, OTHER_STRATEGY: total}
 
 
+def test_record_and_a_client_in_another_process_share_one_sqlite_file(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """c2sync record (a process) and an application (this one, applying from callbacks)
+    write one SQLite file at once: each keeps its own checkpoint table, neither waits
+    forever or fails, and the file stays intact."""
+    path = tmp_path / "shared.db"
+    total = 100
+    store = c2sync.SQLiteCheckpoint(path)
+    store.transaction(lambda db: db.execute("CREATE TABLE effects (seq_id INTEGER)"))
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def on_signal(message: c2sync.Message) -> None:
+        assert isinstance(message, c2sync.Signal)
+        store.apply(message, insert(store, message.seq_id))
+        if message.seq_id == total:
+            done.set()
+
+    terminal = Terminal(emulator, f"sqlite:///{path}")  # records STRATEGY
+    try:
+        terminal.wait_for("recording into")
+        with c2sync.connect(API_KEY, url=emulator.url, checkpoint=store) as client:
+            client.on_error(errors.append)
+            client.on(c2sync.SIGNAL, on_signal)
+            client.subscribe(c2sync.SIGNAL, OTHER_STRATEGY)
+            for _ in range(total):
+                emulator.publish_signal(STRATEGY)
+                emulator.publish_signal(OTHER_STRATEGY)
+            assert done.wait(WAIT)
+            terminal.wait_for(f"last {STRATEGY}:{total}")
+        assert terminal.interrupt() == 0
+    finally:
+        terminal.close()
+        store.close()
+    assert not errors
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        journal = [r[0] for r in db.execute("SELECT seq_id FROM c2sync_journal ORDER BY id")]
+        applied = [r[0] for r in db.execute("SELECT seq_id FROM effects ORDER BY rowid")]
+        points = dict(db.execute("SELECT strategy_id, seq_id FROM c2sync_checkpoint"))
+        recorded = dict(db.execute("SELECT strategy_id, seq_id FROM c2sync_record_checkpoint"))
+    assert journal == applied == list(range(1, total + 1))
+    assert points == {OTHER_STRATEGY: total} and recorded == {STRATEGY: total}
+
+
+def test_without_a_postgresql_server_ci_fails_and_elsewhere_skips(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """tests/postgres.py: a machine without a server skips the PostgreSQL tests with the
+    reason; CI (CI=true) fails them instead."""
+    from .postgres import unavailable
+
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"no PostgreSQL server .*: initdb missing"):
+        unavailable("initdb missing")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="initdb missing"):
+        unavailable("initdb missing")
+
+
 # The journal -------------------------------------------------------------------------------
 
 
@@ -462,7 +523,10 @@ class Terminal:
     def wait_for(self, text: str) -> None:
         while text.encode() not in self.seen:
             assert select.select([self.fd], [], [], WAIT)[0], self.seen
-            self.seen += os.read(self.fd, 4096)
+            try:
+                self.seen += os.read(self.fd, 4096)
+            except OSError:  # EIO: record ended, its terminal is gone
+                raise AssertionError(f"no {text!r} before record ended: {self.seen!r}") from None
 
     def interrupt(self) -> int:
         self.proc.send_signal(signal.SIGINT)
