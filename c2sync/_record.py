@@ -52,6 +52,7 @@ class Journal:
         self.redact = redact
         self.counts = {"signals": 0, "positions": 0, "gaps": 0}
         self.last: str = ""
+        self._inserted = False  # whether the last signal's row went in
         store.transaction(self._create)
 
     def _create(self, connection: Any) -> None:
@@ -108,7 +109,8 @@ class Journal:
         return True
 
     def _signal(self, connection: Any, row: tuple[Any, ...]) -> None:
-        if not self._insert_once(connection, row):
+        self._inserted = self._insert_once(connection, row)
+        if not self._inserted:
             # Only after the server restarted its numbering: the journal keys signals by
             # seq_id, so the new one with an old number is not kept (docs/durable.md).
             logger.warning(
@@ -122,7 +124,9 @@ class Journal:
         """Journal one message; True if a row was written."""
         if isinstance(message, Signal) and message.strategy_id is not None:
             row = self._row(message, message.strategy_id, message.seq_id)
-            written = self.store.apply(message, lambda connection: self._signal(connection, row))
+            self._inserted = False
+            applied = self.store.apply(message, lambda connection: self._signal(connection, row))
+            written = applied and self._inserted
             kind = "signals"
         elif isinstance(message, Gap):
             row = self._row(message, message.strategy_id, message.missing_after)

@@ -449,6 +449,22 @@ def test_journal_keys_signals_and_gaps_and_keeps_every_position_update(tmp_path:
     assert journal.counts == {"signals": 2, "positions": 2, "gaps": 1}
 
 
+def test_journal_after_a_restarted_numbering_keeps_new_numbers_and_warns_on_old(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server restarted its numbering: its signals apply (the point goes down), but
+    one whose number is already in the journal is not written twice, and a WARNING says so."""
+    journal = open_journal(f"sqlite:///{tmp_path / 'j.db'}", API_KEY)
+    assert journal.write(signal_of(5)) and journal.write(signal_of(2000))
+    with caplog.at_level("WARNING", logger="c2sync.cli"):
+        assert journal.write(signal_of(5)) is False
+    assert "already in the journal" in caplog.text
+    assert journal.write(signal_of(6))
+    assert journal.store.load() == {STRATEGY: 6}
+    assert journal.counts["signals"] == 3
+    journal.store.close()
+
+
 def test_the_journal_is_one_line_away_from_a_data_frame(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
