@@ -9,7 +9,8 @@ Threads: the client saves from its own threads and the user applies from theirs,
 thread gets its own connection (DB-API connections are not shareable in general); a
 connection whose thread has ended is closed when the next one opens, every one at
 :meth:`SQLCheckpoint.close`. Waits are bounded by the database: SQLite's busy timeout,
-the server's lock timeouts.
+a server's lock timeout (PostgreSQL's ``lock_timeout`` is unbounded unless the user's
+``connect`` sets it: docs/durable.md says how).
 """
 
 from __future__ import annotations
@@ -422,7 +423,8 @@ def checkpoint_from_url(url: str, *, table: str = "c2sync_checkpoint") -> SQLChe
 
 
 class PostgresCheckpoint(SQLCheckpoint):
-    """:class:`SQLCheckpoint` over psycopg 3 for a ``postgresql://`` URL."""
+    """:class:`SQLCheckpoint` over psycopg 3 for a ``postgresql://`` URL, with a connect
+    timeout and a lock timeout of 10 s unless the URL sets its own."""
 
     dialect = "postgresql"
 
@@ -433,7 +435,16 @@ class PostgresCheckpoint(SQLCheckpoint):
             raise ImportError(
                 "a postgresql:// database needs psycopg 3: pip install 'c2sync[postgres]'"
             ) from exc
-        super().__init__(lambda: psycopg.connect(url), table=table, paramstyle="format")
+        # Every wait bounded: libpq waits for a connection, and PostgreSQL for a row lock,
+        # without end by default. What the URL says itself is kept.
+        bounds: dict[str, Any] = {}
+        if "connect_timeout" not in url:
+            bounds["connect_timeout"] = int(BUSY_TIMEOUT)
+        if "options" not in url:
+            bounds["options"] = f"-c lock_timeout={int(BUSY_TIMEOUT * 1000)}"
+        super().__init__(
+            lambda: psycopg.connect(url, **bounds), table=table, paramstyle="format"
+        )
 
     def __repr__(self) -> str:
         return f"PostgresCheckpoint(table={self.table!r})"  # never the URL: it may hold a password

@@ -182,6 +182,19 @@ def test_postgres_paramstyle_is_read_from_psycopg(postgres_url: str) -> None:
         store.close()
 
 
+def test_a_postgresql_url_store_bounds_its_waits(postgres_url: str) -> None:
+    """From a URL (record, checkpoint="postgresql://..."): a 10 s lock timeout, so another
+    process's long transaction on the same row cannot hold the client without end."""
+    from c2sync._sql import checkpoint_from_url
+
+    store = checkpoint_from_url(postgres_url, table="c2sync_bounds")
+    try:
+        shown = store.transaction(lambda db: db.execute("SHOW lock_timeout").fetchone())
+        assert shown == ("10s",)
+    finally:
+        store.close()
+
+
 def test_sqlite_store_is_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> None:
     """WAL and a busy timeout: several processes may share the file."""
     store = c2sync.SQLiteCheckpoint(tmp_path / "x.db")
