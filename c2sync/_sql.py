@@ -133,8 +133,8 @@ class SQLCheckpoint:
     def _open(self) -> Any:
         return self._connect()
 
-    def _begin(self, connection: Any) -> None:
-        """Start a transaction that will write (DB-API drivers begin one implicitly)."""
+    def _begin(self, connection: Any, write: bool = True) -> None:
+        """Start a transaction (DB-API drivers begin one implicitly)."""
 
     def connection(self) -> Any:
         """This thread's connection (opened on first use)."""
@@ -201,9 +201,9 @@ class SQLCheckpoint:
             ),
         )
 
-    def _transaction(self, connection: Any, body: Callable[[], T]) -> T:
+    def _transaction(self, connection: Any, body: Callable[[], T], write: bool = True) -> T:
         """``body()`` in one transaction: committed, or rolled back and re-raised."""
-        self._begin(connection)
+        self._begin(connection, write)
         try:
             result = body()
             connection.commit()
@@ -290,6 +290,7 @@ class SQLCheckpoint:
             connection,
             lambda: self.execute(connection, f"SELECT strategy_id, seq_id FROM {self.table}")
             .fetchall(),
+            write=False,
         )
         points: dict[int, int] = {}
         for strategy_id, seq_id in rows:
@@ -406,8 +407,10 @@ class SQLiteCheckpoint(SQLCheckpoint):
             raise
         return connection
 
-    def _begin(self, connection: Any) -> None:
-        connection.execute("BEGIN IMMEDIATE")
+    def _begin(self, connection: Any, write: bool = True) -> None:
+        # A writer takes the write lock first: two writers never deadlock upgrading a read.
+        # A reader's snapshot never waits (WAL).
+        connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 def checkpoint_from_url(url: str, *, table: str = "c2sync_checkpoint") -> SQLCheckpoint:

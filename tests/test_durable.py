@@ -204,6 +204,24 @@ def test_sqlite_store_is_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> None
     store.close()
 
 
+def test_load_reads_while_another_process_writes(tmp_path: Path) -> None:
+    """load() reads the committed points while another connection holds the write lock
+    (WAL: a reader never waits; only writers take turns)."""
+    path = tmp_path / "x.db"
+    store = c2sync.SQLiteCheckpoint(path)
+    store.save(STRATEGY, 4)
+    writer = sqlite3.connect(path, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("UPDATE c2sync_checkpoint SET seq_id = 9")
+        assert store.load() == {STRATEGY: 4}
+        writer.execute("COMMIT")
+        assert store.load() == {STRATEGY: 9}
+    finally:
+        writer.close()
+        store.close()
+
+
 def test_each_thread_has_its_connection_and_an_ended_threads_is_closed(tmp_path: Path) -> None:
     """Connections are per thread; flush() (called by the client as it closes) closes
     those of threads that have ended, close() the rest."""
