@@ -643,6 +643,28 @@ def test_record_shows_no_progress_when_stdout_is_not_a_terminal(
     assert "stopped; recorded 0 signals" in err
 
 
+def test_record_stops_with_one_line_and_status_1_when_the_database_fails(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """A database error ends record with one line and exit status 1, the signal in hand
+    not counted: a restart resumes from the checkpoint."""
+    path = tmp_path / "s.db"
+    terminal = Terminal(emulator, f"sqlite:///{path}")
+    try:
+        terminal.wait_for("recording into")
+        with sqlite3.connect(path) as db:
+            db.execute("DROP TABLE c2sync_journal")
+        emulator.publish_signal(STRATEGY)
+        assert terminal.proc.wait(WAIT) == 1
+        terminal.wait_for("no such table: c2sync_journal")
+    finally:
+        terminal.close()
+    assert b"Traceback" not in terminal.seen
+    store = c2sync.SQLiteCheckpoint(path, table="c2sync_record_checkpoint")
+    assert store.load() == {}
+    store.close()
+
+
 @pytest.mark.parametrize(
     "argv, text",
     [
