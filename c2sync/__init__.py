@@ -14,7 +14,7 @@ import logging
 
 from ._frames import to_dataframe
 from ._spec import DEFAULT_URL
-from .checkpoint import Checkpoint, FileCheckpoint
+from .checkpoint import Checkpoint, FileCheckpoint, SQLCheckpoint, SQLiteCheckpoint
 from .client import Client, Handle, State, Stats, SubscriptionStats, connect
 from .codec import encode_heartbeat_ack, encode_subscription_request, parse_message
 from .exceptions import (
@@ -71,6 +71,8 @@ __all__ = [
     "QueueOverflow",
     "RateLimitError",
     "ReconnectPolicy",
+    "SQLCheckpoint",
+    "SQLiteCheckpoint",
     "ServerError",
     "ServiceUnavailableError",
     "Signal",

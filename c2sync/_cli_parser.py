@@ -40,14 +40,14 @@ EXIT_TERMINATED = 143
 
 #: What each exit status means (shown by ``c2sync --help`` and in the README).
 EXIT_CODES: dict[int, str] = {
-    EXIT_OK: "success (and `listen` stopped with Ctrl-C or SIGTERM)",
+    EXIT_OK: "success (and `listen` or `record` stopped with Ctrl-C or SIGTERM)",
     EXIT_ERROR: "any other error (the server broke the protocol, the emulator could not start)",
     EXIT_AUTH: "no API key, the key was refused (HTTP 401), or a wrong command line",
     EXIT_REFUSED: "the server refused the connection: HTTP 429 (rate or connection limit), "
     "503 or another status, or a 1008 close right after the upgrade",
     EXIT_NETWORK: "a timeout or a network error (host unreachable, connection lost, TLS)",
     EXIT_SUBSCRIPTION: "the server refused a subscription (e.g. FORBIDDEN)",
-    EXIT_INTERRUPTED: "interrupted with Ctrl-C (any command but `listen`)",
+    EXIT_INTERRUPTED: "interrupted with Ctrl-C (any command but `listen` and `record`)",
     EXIT_TERMINATED: "`emulator` stopped with SIGTERM (`kill`, `docker stop`)",
 }
 
@@ -210,6 +210,39 @@ def build_parser(version: str) -> argparse.ArgumentParser:
         metavar="N",
         help="messages held while the output is slow; beyond it the oldest are dropped "
         "and replayed (10000)",
+    )
+
+    record = commands.add_parser(
+        "record",
+        parents=[connection, verbosity],
+        help="keep every signal, position update and gap in a database, each once",
+        description=_wrap(
+            "Write every signal (and with --positions every position update), and every "
+            "gap, into the table c2sync_journal of a SQLite or PostgreSQL database, each "
+            "exactly once across reconnects, restarts and kills: the signals' checkpoint "
+            "commits with each row. Until Ctrl-C (or SIGTERM); exit 0."
+        ),
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    record.add_argument(
+        "--to",
+        required=True,
+        metavar="URL",
+        help="sqlite:///signals.db (sqlite:////abs/path.db) or postgresql://user@host/db",
+    )
+    record.add_argument(
+        "--strategy",
+        type=_strategy_id,
+        action="append",
+        default=[],
+        metavar="ID",
+        help="record this strategy's signals (repeatable)",
+    )
+    record.add_argument(
+        "--positions",
+        action="store_true",
+        help="also record the position updates of every --strategy",
     )
 
     commands.add_parser(

@@ -21,6 +21,7 @@ from ._framing import DEFAULT_MAX_SIZE
 from ._proxy import parse_proxy, redact_url
 from ._request import Target, check_field
 from ._spec import DEFAULT_URL, HEARTBEAT_TIMEOUT
+from ._sql import URL_PREFIXES, checkpoint_from_url
 from .checkpoint import Checkpoint, FileCheckpoint
 from .reconnect import ReconnectPolicy
 
@@ -140,6 +141,8 @@ class Options:
         store: Checkpoint | None
         if checkpoint is None or isinstance(checkpoint, Checkpoint):
             store = checkpoint
+        elif isinstance(checkpoint, str) and checkpoint.startswith(URL_PREFIXES):
+            store = checkpoint_from_url(checkpoint)
         elif isinstance(checkpoint, (str, os.PathLike)):
             store = FileCheckpoint(checkpoint)
         else:

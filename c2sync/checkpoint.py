@@ -1,7 +1,9 @@
 """Where the last processed ``seq_id`` per strategy is kept, to resume across restarts.
 
 Any object with ``load() -> dict[int, int]`` and ``save(strategy_id, seq_id)`` will do
-(:class:`Checkpoint`); :class:`FileCheckpoint` is the one a path turns into.
+(:class:`Checkpoint`); :class:`FileCheckpoint` is the one a path turns into;
+:class:`SQLiteCheckpoint` (``"sqlite:///path"``) and :class:`SQLCheckpoint` keep it in a
+database, with exactly-once effects (``apply``, docs/durable.md).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import threading
 import time
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Checkpoint", "FileCheckpoint"]
+from ._sql import SQLCheckpoint, SQLiteCheckpoint
+
+__all__ = ["Checkpoint", "FileCheckpoint", "SQLCheckpoint", "SQLiteCheckpoint"]
 
 logger = logging.getLogger("c2sync.checkpoint")
 

@@ -7,6 +7,7 @@ or watch a demo.
     c2sync listen --signal 12345678   # print each message until Ctrl-C
     c2sync emulator --signal-every 2  # a local server for testing your own code
     c2sync demo                       # the whole flow in ten seconds, no key, no network
+    c2sync record --to sqlite:///signals.db --strategy 12345678   # a journal, each once
 
 The key comes from ``--api-key`` or ``C2_API_KEY``; the URL from ``--url`` or ``C2_WS_URL``
 (default :data:`c2sync.DEFAULT_URL`). Every error is one line on stderr, and the exit status
@@ -396,6 +397,15 @@ def _demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# record -------------------------------------------------------------------------------------
+
+
+def _record(args: argparse.Namespace) -> int:
+    from ._record import record  # it needs the helpers above
+
+    return record(args)
+
+
 # main -------------------------------------------------------------------------------------
 
 
@@ -418,6 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "check": _check,
             "listen": _listen,
             "demo": _demo,
+            "record": _record,
         }[args.command]
         with _logging_for(getattr(args, "verbose", 0)):
             return command(args)

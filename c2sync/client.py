@@ -427,8 +427,9 @@ def connect(api_key: str | None = None, **options: Any) -> Client:
             the client.
         max_queue: messages the ``recv()`` queue (and the callbacks' backlog) holds;
             beyond it the oldest are dropped and :class:`QueueOverflow` says so.
-        checkpoint: None, a file path, or a :class:`~c2sync.Checkpoint`: keeps the last
-            processed ``seq_id`` per strategy so a later run resumes after it.
+        checkpoint: None, a file path, ``"sqlite:///path"`` (``"postgresql://..."``), or a
+            :class:`~c2sync.Checkpoint`: keeps the last processed ``seq_id`` per strategy
+            so a later run resumes after it.
         proxy: ``"http://[user:pass@]host:port"``; None honours ``HTTPS_PROXY`` and
             ``NO_PROXY``.
         ssl_context: an :class:`ssl.SSLContext` for custom CA bundles; certificate checks

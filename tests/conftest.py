@@ -124,6 +124,16 @@ def publishing(emulator: Emulator) -> Iterator[Emulator]:
     thread.join(5)
 
 
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server of this test session (tests/postgres.py); skipped where none can
+    start, except in CI."""
+    from .postgres import running_server
+
+    with running_server() as url:
+        yield url
+
+
 RUN_BOUND = 30.0  # seconds any documented example may run; never reached when it works
 
 
