@@ -95,7 +95,7 @@ class SQLCheckpoint:
 
     The stored point of a strategy only moves up, whoever writes it (:meth:`apply` or
     the client's saves), except for a restarted numbering (a ``seq_id`` more than 1000
-    below it, docs/api-contract.md "Reconnecting"). Once :meth:`apply` has run for a
+    below it, the API contract, "Reconnecting"). Once :meth:`apply` has run for a
     strategy on this object, the client's own saves for it are ignored: what ``apply``
     committed is the point, so a signal whose ``fn`` failed is never counted as done.
 
@@ -436,7 +436,8 @@ class PostgresCheckpoint(SQLCheckpoint):
             psycopg = importlib.import_module("psycopg")  # an extra: never imported early
         except ImportError as exc:
             raise ImportError(
-                "a postgresql:// database needs psycopg 3: pip install 'c2sync[postgres]'"
+                "a postgresql:// database needs psycopg 3: from a checkout of c2sync, "
+                "pip install '.[postgres]'"
             ) from exc
         # Every wait bounded: libpq waits for a connection, and PostgreSQL for a row lock,
         # without end by default. What the URL says itself is kept.
