@@ -18,9 +18,7 @@ Masking happens only on those error and log paths, never on the in-order signal 
 
 from __future__ import annotations
 
-import itertools
 import logging
-import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 
@@ -39,8 +37,8 @@ from ._events import (
     SubscriptionRefused,
 )
 from ._redact import Redactor
+from ._requests import Request, Requests, refuses_resume_from
 from ._spec import (
-    CODE_INVALID_PARAMETER,
     CONNECTED,
     DISCONNECTED,
     HEARTBEAT,
@@ -88,32 +86,6 @@ logger = logging.getLogger("c2sync.protocol")
 
 Pair = tuple[str, int]
 
-# Forgotten (timed-out) requests are remembered so a late answer is recognised, not
-# mistaken for another request's; bounded so a server that never answers cannot grow it.
-_MAX_FORGOTTEN = 1000
-@attrs.define
-class _Request:
-    request_id: str  # on the wire: fresh for every request sent, a retry included
-    action: str
-    channel: str
-    strategy_id: int
-    resume_from: int | None
-    explicit_resume: bool
-    waited: bool  # a caller blocks on the answer (False: a restore after reconnecting)
-    forgotten: bool = False
-    # The id the caller waits on: its first request's, whatever retries followed.
-    answer_id: str = ""
-    resume_as_string: bool = False  # resume_from went out as a JSON string
-    retried: bool = False  # already sent again with resume_from in the other JSON type
-    stamp: str = ""  # the timestamp it carried, as sent
-    # What Streams.expect_replay said of an explicit resume_from (None: not asked).
-    replay_mode: str | None = None
-
-
-def _default_request_ids() -> Iterator[str]:
-    prefix = os.urandom(6).hex()  # 48 random bits, as uuid4().hex[:12] gave, sans uuid
-    return (f"c2s-{prefix}-{n}" for n in itertools.count(1))
-
 
 class ClientProtocol:
     """Protocol state of one client: heartbeats, requests, subscriptions, sequence numbers.
@@ -146,7 +118,7 @@ class ClientProtocol:
     ) -> None:
         self.heartbeat_timeout = heartbeat_timeout
         self.max_subscriptions = max_subscriptions
-        self._request_ids = request_ids if request_ids is not None else _default_request_ids()
+        self._requests = Requests(request_ids)
         self._wallclock = wallclock or utc_now
         self._clock = ClockSkew(correct=correct_clock)
         self._redact = Redactor(*secrets)
@@ -159,11 +131,7 @@ class ClientProtocol:
         # message handed out, not two.
         self.hand_out: Callable[[Message], None] = self._streams.hand_out
         self._subscriptions: dict[Pair, None] = {}  # held by the server; ordered for restore
-        self._outstanding: dict[str, _Request] = {}  # in the order sent
         self._outgoing: list[str] = []
-        # The JSON type of resume_from that the server took last: a number (the docs'
-        # example) until a server refuses it and takes a string (their field table).
-        self._resume_as_string = False
         self._restart: ReplayRestarted | None = None  # see take_restart()
         self._awaiting_connected = False
         self._open = False
@@ -239,10 +207,8 @@ class ClientProtocol:
         self._awaiting_connected = False
         self._deadline = None
         self._outgoing.clear()
-        failed = [r.answer_id for r in self._outstanding.values() if r.waited and not r.forgotten]
-        self._outstanding.clear()
         self._streams.forget_replays()
-        return failed
+        return self._requests.lost()
 
     def restore_subscriptions(self) -> None:
         """Queue a request for every held subscription (after reconnecting, section 9).
@@ -252,7 +218,7 @@ class ClientProtocol:
         """
         for channel, strategy_id in self._subscriptions:
             resume = self.resume_point(strategy_id) if channel == SIGNAL else None
-            request = self._new_request(SUBSCRIBE, channel, strategy_id, resume, False, False)
+            request = self._requests.new(SUBSCRIBE, channel, strategy_id, resume, False, False)
             self._outgoing.append(self._encode(request))
 
     # Requests --------------------------------------------------------------------------
@@ -284,7 +250,7 @@ class ClientProtocol:
         pair = (channel, strategy_id)
         explicit = resume_from is not None and resume_from > 0
         if action == SUBSCRIBE and pair not in self._subscriptions:
-            pending = self._pending_pairs()
+            pending = self._requests.subscribing(self._subscriptions)
             if pair not in pending and len(self._subscriptions) + len(pending) >= (
                 self.max_subscriptions
             ):
@@ -304,7 +270,7 @@ class ClientProtocol:
                 mode = self._streams.expect_replay(strategy_id, resume_from, fresh)
                 if fresh:
                     self._restart = ReplayRestarted(strategy_id, resume_from, resume_from)
-        request = self._new_request(action, channel, strategy_id, resume_from, explicit, True)
+        request = self._requests.new(action, channel, strategy_id, resume_from, explicit, True)
         request.replay_mode = mode
         return request.request_id, self._encode(request)
 
@@ -338,42 +304,9 @@ class ClientProtocol:
     def forget(self, request_id: str) -> None:
         """The caller stopped waiting (timeout): a late answer will satisfy nobody, though a
         late ack still updates the subscriptions."""
-        request = next(
-            (r for r in self._outstanding.values() if r.answer_id == request_id), None
-        )
-        if request is not None:
-            request.forgotten = True
-            forgotten = [r for r in self._outstanding.values() if r.forgotten]
-            for stale in forgotten[: max(0, len(forgotten) - _MAX_FORGOTTEN)]:
-                del self._outstanding[stale.request_id]
+        self._requests.forget(request_id)
 
-    def _pending_pairs(self) -> set[Pair]:
-        """Pairs with a subscribe under way that the server does not hold yet."""
-        return {
-            (r.channel, r.strategy_id)
-            for r in self._outstanding.values()
-            if r.action == SUBSCRIBE and (r.channel, r.strategy_id) not in self._subscriptions
-        }
-
-    def _new_request(
-        self,
-        action: str,
-        channel: str,
-        strategy_id: int,
-        resume_from: int | None,
-        explicit: bool,
-        waited: bool,
-    ) -> _Request:
-        request_id = next(self._request_ids)
-        request = _Request(
-            request_id, action, channel, strategy_id, resume_from, explicit, waited
-        )
-        request.answer_id = request_id
-        request.resume_as_string = self._resume_as_string
-        self._outstanding[request_id] = request
-        return request
-
-    def _encode(self, request: _Request) -> str:
+    def _encode(self, request: Request) -> str:
         now = self._clock.stamp(self._wallclock())
         request.stamp = format_timestamp(now)
         return encode_subscription_request(
@@ -385,18 +318,6 @@ class ClientProtocol:
             now=now,
             resume_as_string=request.resume_as_string,
         )
-
-    def _retry_resume_form(self, request: _Request) -> None:
-        """Send ``request`` once more with ``resume_from`` in the other JSON type, under a
-        fresh request id; its caller keeps waiting on the first id."""
-        retry = attrs.evolve(
-            request,
-            request_id=next(self._request_ids),
-            resume_as_string=not request.resume_as_string,
-            retried=True,
-        )
-        self._outstanding[retry.request_id] = retry
-        self._outgoing.append(self._encode(retry))
 
     # Receiving -------------------------------------------------------------------------
 
@@ -520,22 +441,8 @@ class ClientProtocol:
         ids = [sid for ch, sid in self._subscriptions if ch == channel]
         return ids[0] if len(ids) == 1 else None
 
-    def _find_request(self, message: Message, ack: SubscriptionAck | None) -> _Request | None:
-        if message.request_id is not None:
-            return self._outstanding.get(message.request_id)
-        for request in self._outstanding.values():
-            # Without a request_id the server answers in order (docs/protocol.md section 6);
-            # an ack that names its pair must match it.
-            if ack is None or (
-                ack.action in (None, request.action)
-                and ack.channel in (None, request.channel)
-                and ack.strategy_id in (None, request.strategy_id)
-            ):
-                return request
-        return None
-
     def _on_ack(self, ack: SubscriptionAck) -> list[Event]:
-        request = self._find_request(ack, ack)
+        request = self._requests.answered(ack, ack)
         if request is None:
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
@@ -543,16 +450,8 @@ class ClientProtocol:
                     self._redact(repr(ack)),
                 )
             return []
-        del self._outstanding[request.request_id]
         pair = (request.channel, request.strategy_id)
         events: list[Event] = []
-        if request.resume_from and request.retried:
-            # The other JSON type of resume_from worked: keep it for the client's life.
-            self._resume_as_string = request.resume_as_string
-            logger.info(
-                "the server took resume_from as a JSON %s; sending it so from now on",
-                "string" if request.resume_as_string else "number",
-            )
         if request.action == UNSUBSCRIBE:
             self._subscriptions.pop(pair, None)
         else:
@@ -571,10 +470,9 @@ class ClientProtocol:
         return events
 
     def _on_error(self, error: ErrorMessage) -> list[Event]:
-        request = self._find_request(error, None)
+        request = self._requests.answered(error, None)
         if request is None:
             return [Deliver(error)]  # nobody's answer: the user sees it (API "Receiving")
-        del self._outstanding[request.request_id]
         redact = self._redact
         if request.forgotten:
             logger.info(
@@ -583,7 +481,7 @@ class ClientProtocol:
                 redact(error.message),
             )
             return []
-        if request.resume_from and not request.retried and _refuses_resume_from(error):
+        if request.resume_from and not request.retried and refuses_resume_from(error):
             # docs/protocol.md section 6: the docs type resume_from as a string and send a
             # number; a server may take only one. Once more in the other type.
             logger.info(
@@ -591,7 +489,7 @@ class ClientProtocol:
                 "string" if request.resume_as_string else "number",
                 "number" if request.resume_as_string else "string",
             )
-            self._retry_resume_form(request)
+            self._outgoing.append(self._encode(self._requests.retry(request)))
             return []
         exc = self._server_error(error, request)
         if not request.waited:
@@ -608,7 +506,7 @@ class ClientProtocol:
             return [SubscriptionRefused(request.channel, request.strategy_id, exc, error)]
         return [RequestAnswered(request.answer_id, error=exc)]
 
-    def _server_error(self, error: ErrorMessage, request: _Request) -> ServerError:
+    def _server_error(self, error: ErrorMessage, request: Request) -> ServerError:
         """The exception of a refused request; every text it holds is masked (an exception
         is not the user's data)."""
         redact = self._redact
@@ -629,20 +527,3 @@ class ClientProtocol:
             channel=request.channel,
             strategy_id=request.strategy_id,
         )
-
-
-def _refuses_resume_from(error: ErrorMessage) -> bool:
-    """Whether ``error`` refuses a request's ``resume_from``: a field that names it
-    (ResumeFrom, resume_from, any case), a message that mentions it, or
-    ``INVALID_PARAMETER`` naming no field (docs/api-contract.md "Servers that read the docs
-    differently")."""
-    for detail in error.errors or (error,):
-        field = (detail.field or "").replace("_", "").lower()
-        if field == "resumefrom":
-            return True
-        text = (detail.message or "").replace("_", "").replace(" ", "").lower()
-        if "resumefrom" in text:
-            return True
-        if not detail.field and (detail.code or "").upper() == CODE_INVALID_PARAMETER:
-            return True
-    return False

@@ -93,6 +93,7 @@ PURE_MODULES = [
     "_format",
     "_redact",
     "_request",
+    "_requests",
 ]
 FORBIDDEN_IMPORTS = {"socket", "threading", "_thread", "time", "websocket", "websockets"}
 
