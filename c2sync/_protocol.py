@@ -396,7 +396,7 @@ class ClientProtocol:
             return [HeartbeatAnswered(message)]
         if isinstance(message, Signal):
             streams = self._streams
-            if streams.replays_pending:
+            if streams.replays:
                 restart = streams.replay_arrived(message)
                 if restart is not None:
                     return [restart, streams.accept(message, self._only_signal_subscription)]

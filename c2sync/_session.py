@@ -114,21 +114,17 @@ class Session:
             link = self.connect()
             # OPEN and the threads started in one step as close() sees it: a close() that
             # comes in between waits for the threads, so it finds and joins them.
-            self._starting.acquire()
-            if not self.life.move(State.OPEN):
-                self._starting.release()
-                link.release()
-                raise ConnectionClosed(None, "", "the client was closed while connecting")
+            with self._starting:
+                if not self.life.move(State.OPEN):
+                    link.release()
+                    raise ConnectionClosed(None, "", "the client was closed while connecting")
+                self.watchdog.start()
+                self.reader.start(link)
         except BaseException:
             self.life.end()
             self.inbox.end(self.life.end_error, discard=False)
             self.dispatcher.stop()
             raise
-        try:
-            self.watchdog.start()
-            self.reader.start(link)
-        finally:
-            self._starting.release()
 
     def connect(self) -> Link:
         """Open one link and read ``connection.connected`` within ``connect_timeout``."""

@@ -19,14 +19,16 @@ import importlib
 import logging
 import os
 import re
-import sqlite3
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._streams import MAX_SEQ_ID, RESTART_DISTANCE, valid_seq_id
 from .messages import Signal
+
+if TYPE_CHECKING:
+    import sqlite3
 
 __all__ = [
     "BUSY_TIMEOUT",
@@ -394,6 +396,8 @@ class SQLiteCheckpoint(SQLCheckpoint):
         return f"SQLiteCheckpoint({self.path!r}, table={self.table!r})"
 
     def _sqlite_connect(self) -> sqlite3.Connection:
+        import sqlite3  # here, not at import: only a SQLite store needs it
+
         # isolation_level=None: no implicit transactions; _begin says where one starts.
         # check_same_thread=False only so that close() may close another thread's.
         connection = sqlite3.connect(

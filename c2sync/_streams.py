@@ -52,9 +52,6 @@ class _Stream:
     delivered: int | None = None  # the last seq_id handed out
     restarts: int = 0  # far-backwards seq_ids seen (the server restarted its numbering)
     restart_seq: int | None = None  # the seq_id that last restarted the numbering
-    # An explicit resume_from below ``held`` asked for and not yet begun: the replay starts
-    # at its ack, or sooner if its first signal comes before the ack.
-    replay_from: int | None = None
 
 
 class Streams:
@@ -76,7 +73,10 @@ class Streams:
         self._resume_points = dict(resume_points or {})
         self._streams: dict[int, _Stream] = {}
         self.invalid_seq_ids = 0  # strategy.signal frames whose seq_id could order nothing
-        self.replays_pending = 0  # streams with a replay_from: looked at only when some are
+        # {strategy_id: an explicit resume_from below what is held, asked for and not yet
+        # begun}: its replay starts at the ack, or sooner if its first signal comes before
+        # the ack. Looked at only while not empty; bounded by the strategies wanted.
+        self.replays: dict[int, int] = {}
 
     @property
     def last_delivered(self) -> dict[int, int]:
@@ -128,32 +128,28 @@ class Streams:
             stream.held = stream.delivered = resume_from
             return "fresh"
         if stream.held is None or resume_from < stream.held:
-            if stream.replay_from is None:
-                self.replays_pending += 1
-            stream.replay_from = resume_from
+            self.replays[strategy_id] = resume_from
             return "pending"
         return "none"
 
     def forget_replays(self) -> None:
         """The connection was lost: the requests that asked for replays are gone."""
-        if self.replays_pending:
-            for stream in self._streams.values():
-                stream.replay_from = None
-            self.replays_pending = 0
+        self.replays.clear()
 
     def replay_arrived(self, signal: Signal) -> ReplayRestarted | None:
-        """Before :meth:`accept`, while :attr:`replays_pending`: a signal of a strategy with
+        """Before :meth:`accept`, while :attr:`replays` is not empty: a signal of a strategy with
         a pending replay, at or below the highest held and above the ``resume_from`` asked
         for, is the replay, come before the ack: the stream restarts now (what is queued
         above ``resume_from`` is superseded) and the signal is then taken in order."""
-        stream = self._streams.get(signal.strategy_id)  # type: ignore[arg-type]
-        if stream is None or stream.replay_from is None or stream.held is None:
+        strategy_id = signal.strategy_id
+        resume_from = self.replays.get(strategy_id)  # type: ignore[arg-type]
+        stream = self._streams.get(strategy_id)  # type: ignore[arg-type]
+        if resume_from is None or stream is None or stream.held is None:
             return None
-        resume_from, held = stream.replay_from, stream.held
+        held = stream.held
         if not (valid_seq_id(signal.seq_id) and resume_from < signal.seq_id <= held):
             return None
-        stream.replay_from = None
-        self.replays_pending -= 1
+        del self.replays[strategy_id]  # type: ignore[arg-type]
         stream.held = stream.delivered = resume_from
         return ReplayRestarted(signal.strategy_id, resume_from, held)  # type: ignore[arg-type]
 
@@ -171,12 +167,10 @@ class Streams:
         self.want(strategy_id)
         stream = self._streams[strategy_id]
         if explicit and resume_from:
-            if mode == "pending" and stream.replay_from != resume_from:
+            if mode == "pending" and self.replays.get(strategy_id) != resume_from:
                 return None  # its replay came before the ack and restarted the stream then
             if mode is None or mode == "pending":
-                if stream.replay_from is not None:
-                    stream.replay_from = None
-                    self.replays_pending -= 1
+                self.replays.pop(strategy_id, None)
                 replay_to = max(resume_from, stream.held or resume_from)
                 stream.held = stream.delivered = resume_from
                 return ReplayRestarted(strategy_id, resume_from, replay_to)

@@ -221,22 +221,71 @@ MUTANTS: tuple[Mutant, ...] = (
         ),
     ),
     Mutant(
-        "on-error-not-told-of-survived-failures",
+        "lost-connection-not-told",
         "Back-pressure",
-        "on_error also receives background failures the client survived",
+        "on_error receives a lost connection the client is re-opening",
         (
             Edit(
                 "c2sync/_reader.py",
                 "                host.dispatcher.post_error(loss)  # survived: on_error is told\n",
                 "",
             ),
-            Edit(
-                "c2sync/_reader.py",
-                "                host.dispatcher.post_error(exc)  # survived: on_error is told\n",
-                "",
-            ),
         ),
         (G + "test_on_error_is_told_of_a_lost_connection_and_of_a_refused_reconnect",),
+    ),
+    Mutant(
+        "refused-resubscription-not-told",
+        "Servers that read the docs differently",
+        "a resubscription the server refuses reaches on_error and the user's stream",
+        (
+            Edit(
+                "c2sync/_reader.py",
+                "            self._deliver([event.message])\n"
+                "            host.dispatcher.post_error(event.error)\n",
+                "            pass\n",
+            ),
+        ),
+        ("tests/test_server_readings.py::"
+         "test_a_refused_resubscription_reaches_the_user_and_the_rest_streams_on",),
+    ),
+    Mutant(
+        "resume-from-never-retried-as-a-string",
+        "Servers that read the docs differently",
+        "resume_from refused for its JSON type goes once more in the other type",
+        (
+            Edit(
+                "c2sync/_protocol.py",
+                "        if request.resume_from and not request.retried and refuses_resume_from",
+                "        if False and refuses_resume_from",
+            ),
+        ),
+        ("tests/test_server_readings.py::test_resume_from_in_the_form_the_server_takes",),
+    ),
+    Mutant(
+        "binary-frames-refused",
+        "Receiving",
+        "a binary frame holding UTF-8 JSON is read like a text frame",
+        (
+            Edit(
+                "c2sync/codec.py",
+                "            text = bytes(text).decode(\"utf-8\")\n",
+                "            raise ProtocolError(\"binary\")\n",
+            ),
+        ),
+        ("tests/test_server_readings.py::test_binary_json_frames_are_read_like_text",),
+    ),
+    Mutant(
+        "timestamps-with-milliseconds",
+        "Servers that read the docs differently",
+        "what the client sends is stamped in the documented form, whole seconds and Z",
+        (
+            Edit(
+                "c2sync/codec.py",
+                "    return f\"{minute[1]}{when.second:02d}Z\"\n",
+                "    return f\"{minute[1]}{when.second:02d}.000Z\"\n",
+            ),
+        ),
+        ("tests/test_server_readings.py::test_what_the_client_sends_has_the_documented_form",),
     ),
     Mutant(
         "refused-reconnect-not-told",

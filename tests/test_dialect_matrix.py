@@ -14,6 +14,7 @@ readings that change how refusals look.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -69,8 +70,13 @@ class Flow:
         self.others: list[c2sync.Message] = []
 
     def read_until(self, done: Any) -> None:
+        """Read until ``done()``; one total bound (a server repeating itself for ever
+        cannot keep it reading)."""
+        deadline = time.monotonic() + WAIT
         while not done():
-            message = self.client.recv(timeout=WAIT)
+            left = deadline - time.monotonic()
+            assert left > 0, f"not done within {WAIT} s: {self.signals} {self.others}"
+            message = self.client.recv(timeout=left)
             if isinstance(message, c2sync.Signal):
                 assert message.strategy_id is not None
                 self.signals[message.strategy_id].append(message.seq_id)
