@@ -59,7 +59,7 @@ from ._cli_parser import (
     build_parser,
 )
 from ._format import format_message
-from ._proxy import redact_url
+from ._proxy import safe_url
 from ._redact import Redactor
 
 __all__ = [
@@ -149,9 +149,9 @@ def _logging_for(verbose: int) -> Iterator[None]:
 
 
 def _shown(url: str) -> str:
-    """The URL with any ``user:password@`` part as ``***@``, for every line that names it
-    (the library's own texts do the same: ``Options.safe_url``)."""
-    return redact_url(url)
+    """The URL for every line that names it: no ``user:password@``, query or fragment
+    (``Options.safe_url`` is the same function)."""
+    return safe_url(url)
 
 
 def _connect(client: Client, url: str, timeout: float) -> None:
@@ -246,7 +246,9 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _status_printer(url: str, stream: TextIO) -> Callable[[State], None]:
-    """An ``on_state`` callback printing one status line per change of state."""
+    """An ``on_state`` callback printing one status line per change of state (the URL as
+    :func:`_shown`: whatever the caller passes)."""
+    url = _shown(url)
     opened = 0
 
     def on_state(state: State) -> None:
@@ -313,7 +315,7 @@ def _listen(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint or None,
         max_queue=args.max_queue,
     )
-    client.on_state(_status_printer(_shown(url), sys.stderr))
+    client.on_state(_status_printer(url, sys.stderr))
     with _sigterm_as_interrupt():
         return _listen_loop(args, client, url, key)
 

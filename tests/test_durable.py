@@ -681,3 +681,35 @@ def test_record_usage_errors_are_one_line_and_exit_2(
     assert main(["record", "--api-key", API_KEY, *argv]) == 2
     err = capsys.readouterr().err
     assert text in err and err.count("\n") == 1
+
+
+def test_record_prints_no_url_password_query_or_fragment(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """record names both URLs (the server's and --to's) without user:password@, query or
+    fragment, on every line: connecting, recording into, stopped."""
+    scheme, rest = emulator.url.split("://", 1)
+    url = f"{scheme}://bob:S3cretUrlPw@{rest}?token=S3cretQuery#S3cretFragment"
+    db = f"sqlite:///{tmp_path / 's.db'}?password=S3cretDbPw#S3cretDbFragment"
+    proc = _record(
+        emulator, db, "--url", url, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if "recording into" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    printed = "".join(seen) + out + err
+    assert proc.returncode == 0, printed
+    assert "connecting to ws://***@127.0.0.1:" in printed
+    assert f"stopped; recorded 0 signals, 0 positions, 0 gaps into sqlite:///{tmp_path}" in printed
+    secrets = ("S3cretUrlPw", "S3cretQuery", "S3cretFragment", "S3cretDbPw", "S3cretDbFragment")
+    assert not [secret for secret in secrets if secret in printed], printed
