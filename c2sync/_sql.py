@@ -15,6 +15,7 @@ a server's lock timeout (PostgreSQL's ``lock_timeout`` is unbounded unless the u
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -432,6 +433,11 @@ class PostgresCheckpoint(SQLCheckpoint):
     dialect = "postgresql"
 
     def __init__(self, url: str, *, table: str = "c2sync_checkpoint") -> None:
+        # The URL may hold a password: from here on only inside a holder whose repr hides
+        # it, so neither this frame nor the connect function's (which error trackers
+        # record with a traceback) keeps it in a local variable.
+        conninfo = _Hidden(url)
+        del url
         try:
             psycopg = importlib.import_module("psycopg")  # an extra: never imported early
         except ImportError as exc:
@@ -439,19 +445,36 @@ class PostgresCheckpoint(SQLCheckpoint):
                 "a postgresql:// database needs psycopg 3: from a checkout of c2sync, "
                 "pip install '.[postgres]'"
             ) from exc
+        try:
+            conninfo.value = psycopg.conninfo.conninfo_to_dict(conninfo.value)
+        except psycopg.Error:
+            # libpq's text may quote a piece of the URL (the password's bad %-escape).
+            raise ValueError("not a valid postgresql:// URL (see libpq's URI format)") from None
         # Every wait bounded: libpq waits for a connection, and PostgreSQL for a row lock,
-        # without end by default. What the URL says itself is kept.
-        bounds: dict[str, Any] = {}
-        if "connect_timeout" not in url:
-            bounds["connect_timeout"] = int(BUSY_TIMEOUT)
-        if "options" not in url:
-            bounds["options"] = f"-c lock_timeout={int(BUSY_TIMEOUT * 1000)}"
-        super().__init__(
-            lambda: psycopg.connect(url, **bounds), table=table, paramstyle="format"
-        )
+        # without end by default. What the URL sets itself is kept.
+        conninfo.value.setdefault("connect_timeout", int(BUSY_TIMEOUT))
+        conninfo.value.setdefault("options", f"-c lock_timeout={int(BUSY_TIMEOUT * 1000)}")
+        connect = functools.partial(_postgres_connect, psycopg, conninfo)
+        super().__init__(connect, table=table, paramstyle="format")
 
     def __repr__(self) -> str:
         return f"PostgresCheckpoint(table={self.table!r})"  # never the URL: it may hold a password
+
+
+class _Hidden:
+    """A secret (a connection URL, its parameters) behind a repr that shows none of it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<hidden>"
+
+
+def _postgres_connect(psycopg: Any, conninfo: _Hidden) -> Any:
+    return psycopg.connect(**conninfo.value)
 
 
 def _driver_paramstyle(connection: Any) -> str:

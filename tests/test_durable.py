@@ -713,3 +713,54 @@ def test_record_prints_no_url_password_query_or_fragment(
     assert f"stopped; recorded 0 signals, 0 positions, 0 gaps into sqlite:///{tmp_path}" in printed
     secrets = ("S3cretUrlPw", "S3cretQuery", "S3cretFragment", "S3cretDbPw", "S3cretDbFragment")
     assert not [secret for secret in secrets if secret in printed], printed
+
+
+def test_a_postgresql_url_whose_password_names_a_bound_still_gets_the_bounds(
+    postgres_url: str,
+) -> None:
+    """The bounds are added unless the URL sets those parameters, not unless their names
+    appear somewhere in it: a password holding "options" keeps the lock timeout."""
+    from c2sync._sql import checkpoint_from_url
+
+    url = postgres_url.replace("postgres@", "postgres:my_options_connect_timeout@", 1)
+    assert url != postgres_url
+    store = checkpoint_from_url(url, table="c2sync_bounds")
+    try:
+        shown = store.transaction(lambda db: db.execute("SHOW lock_timeout").fetchone())
+        assert shown == ("10s",)
+    finally:
+        store.close()
+
+
+def test_a_failed_postgresql_connection_keeps_no_password_in_c2syncs_frames(
+    tmp_path: Path,
+) -> None:
+    """Error trackers record a traceback's locals: no c2sync frame of a failed connection
+    (nor the store's repr) holds the URL's password."""
+    pytest.importorskip("psycopg")
+    from c2sync._sql import checkpoint_from_url
+
+    url = f"postgresql://bob:S3cretDbPw@/db?host={tmp_path}&connect_timeout=1"
+    store = checkpoint_from_url(url)
+    del url
+    with pytest.raises(Exception) as caught:  # no server at that socket: OperationalError
+        store.load()
+    store.close()
+    shown = [repr(store)]
+    traceback = caught.value.__traceback__
+    while traceback is not None:
+        frame = traceback.tb_frame
+        if "c2sync" in Path(frame.f_code.co_filename).parts:
+            shown += [f"{name}={value!r}" for name, value in frame.f_locals.items()]
+        traceback = traceback.tb_next
+    assert len(shown) > 1 and not [text for text in shown if "S3cretDbPw" in text], shown
+
+
+def test_a_malformed_postgresql_url_is_refused_without_quoting_it() -> None:
+    """libpq's complaint may quote the password (a bad %-escape): the error names none."""
+    pytest.importorskip("psycopg")
+    from c2sync._sql import checkpoint_from_url
+
+    with pytest.raises(ValueError, match="not a valid postgresql:// URL") as caught:
+        checkpoint_from_url("postgresql://bob:S3cret%zz@/db")
+    assert "S3cret" not in str(caught.value)
