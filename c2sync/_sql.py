@@ -264,15 +264,17 @@ class SQLCheckpoint:
     def _claim(self, strategy_id: int, seq_id: int, restart: bool) -> tuple[bool, Any]:
         """Begin a transaction on this thread's connection and advance the point in it:
         (moved, the connection), the transaction left open. A concurrent first insert of
-        the same strategy (another process) fails ours once: then the row exists."""
+        the same strategy (another process) fails ours once, with the driver's
+        IntegrityError: then the row exists. Anything else (a lock not granted within the
+        database's timeout) is raised at once: retrying would only wait as long again."""
         for attempt in (1, 2):
             connection = self.connection()
             self._begin(connection)
             try:
                 return self._advance(connection, strategy_id, seq_id, restart), connection
-            except Exception:
+            except BaseException as exc:
                 self._rollback(connection)
-                if attempt == 2:
+                if attempt == 2 or not isinstance(exc, _integrity_error(connection)):
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -475,6 +477,13 @@ class _Hidden:
 
 def _postgres_connect(psycopg: Any, conninfo: _Hidden) -> Any:
     return psycopg.connect(**conninfo.value)
+
+
+def _integrity_error(connection: Any) -> tuple[type[BaseException], ...]:
+    """The driver's IntegrityError (DB-API 2: on the connection or its module), or none."""
+    module = sys.modules.get(type(connection).__module__.partition(".")[0])
+    found = getattr(connection, "IntegrityError", None) or getattr(module, "IntegrityError", None)
+    return (found,) if isinstance(found, type) and issubclass(found, BaseException) else ()
 
 
 def _driver_paramstyle(connection: Any) -> str:

@@ -764,3 +764,29 @@ def test_a_malformed_postgresql_url_is_refused_without_quoting_it() -> None:
     with pytest.raises(ValueError, match="not a valid postgresql:// URL") as caught:
         checkpoint_from_url("postgresql://bob:S3cret%zz@/db")
     assert "S3cret" not in str(caught.value)
+
+
+def test_a_lock_not_granted_is_raised_at_once_not_retried(tmp_path: Path) -> None:
+    """Only the driver's IntegrityError (a concurrent first insert) is retried: a busy
+    database raises after one wait, not two (close()'s flush included)."""
+    path = tmp_path / "x.db"
+    statements: list[str] = []
+
+    def connect() -> sqlite3.Connection:
+        connection = sqlite3.connect(path, timeout=0)  # busy: at once, no wait to time
+        connection.set_trace_callback(statements.append)
+        return connection
+
+    store = c2sync.SQLCheckpoint(connect)
+    store.save(STRATEGY, 1)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process's write transaction
+    try:
+        statements.clear()
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            store.save(STRATEGY, 2)
+        assert len([s for s in statements if s.startswith("UPDATE")]) == 1, statements
+    finally:
+        holder.rollback()
+        holder.close()
+        store.close()
