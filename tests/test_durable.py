@@ -47,7 +47,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[c2sync.SQL
 
         url = request.getfixturevalue("postgres_url")
         with psycopg.connect(url, autocommit=True) as db:
-            db.execute("DROP TABLE IF EXISTS effects, c2sync_checkpoint")
+            db.execute("DROP TABLE IF EXISTS effects, c2sync_checkpoint, c2sync_journal")
         made = c2sync.SQLCheckpoint(lambda: psycopg.connect(url))
     made.transaction(lambda db: made.execute(db, "CREATE TABLE effects (seq_id BIGINT)"))
     yield made
@@ -480,20 +480,44 @@ def test_journal_keys_signals_and_gaps_and_keeps_every_position_update(tmp_path:
     assert journal.counts == {"signals": 2, "positions": 2, "gaps": 1}
 
 
-def test_journal_after_a_restarted_numbering_keeps_new_numbers_and_warns_on_old(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_journal_keeps_every_signal_of_a_restarted_numbering_once(
+    store: c2sync.SQLCheckpoint,
 ) -> None:
-    """The server restarted its numbering: its signals apply (the point goes down), but
-    one whose number is already in the journal is not written twice, and a WARNING says so."""
-    journal = open_journal(f"sqlite:///{tmp_path / 'j.db'}", API_KEY)
-    assert journal.write(signal_of(5)) and journal.write(signal_of(2000))
-    with caplog.at_level("WARNING", logger="c2sync.cli"):
-        assert journal.write(signal_of(5)) is False
-    assert "already in the journal" in caplog.text
-    assert journal.write(signal_of(6))
-    assert journal.store.load() == {STRATEGY: 6}
-    assert journal.counts["signals"] == 3
-    journal.store.close()
+    """The server restarted its numbering: its signals reuse numbers already in the
+    journal, and every one lands, in the next epoch; replayed after a kill (a new journal
+    on the same database), none lands twice. Gaps go in the strategy's current epoch."""
+    journal = Journal(store, Redactor(API_KEY))
+    assert all(journal.write(signal_of(seq_id)) for seq_id in (1, 2, 3, 2000))
+    gap = c2sync.Gap(
+        msg_type="gap",
+        strategy_id=STRATEGY,
+        channel=f"strategy.signal:{STRATEGY}",
+        from_seq=0,
+        missing_after=3,
+        raw={"msg_type": "gap"},
+    )
+    assert journal.write(gap)
+    assert all(journal.write(signal_of(seq_id)) for seq_id in (1, 2, 3))  # restarted
+    assert journal.write(gap)  # the same number in the new numbering: another hole
+    assert store.load() == {STRATEGY: 3}
+
+    again = Journal(store, Redactor(API_KEY))  # the process killed and started again
+    assert not any(again.write(signal_of(seq_id)) for seq_id in (1, 2, 3))
+    assert not again.write(gap)
+    assert again.write(signal_of(4))
+    rows = store.transaction(
+        lambda db: store.execute(
+            db,
+            "SELECT msg_type, epoch, seq_id FROM c2sync_journal ORDER BY msg_type, epoch, seq_id",
+        ).fetchall()
+    )
+    assert [tuple(r) for r in rows] == [
+        ("gap", 0, 3),
+        ("gap", 1, 3),
+        *[("strategy.signal", 0, seq_id) for seq_id in (1, 2, 3, 2000)],
+        *[("strategy.signal", 1, seq_id) for seq_id in (1, 2, 3, 4)],
+    ]
+    assert journal.counts == {"signals": 7, "positions": 0, "gaps": 2}
 
 
 def test_the_journal_is_one_line_away_from_a_data_frame(
@@ -514,7 +538,8 @@ def test_the_journal_is_one_line_away_from_a_data_frame(
     exec(code, namespace)  # the documentation's own example
     frame = namespace["frame"]
     assert list(frame["seq_id"]) == [1, 2, 3]
-    assert list(frame.columns) == ["id", "strategy_id", "seq_id", "msg_type", "timestamp", "raw"]
+    columns = ["id", "strategy_id", "seq_id", "msg_type", "timestamp", "raw", "epoch"]
+    assert list(frame.columns) == columns
 
 
 class _Terminal:
@@ -790,3 +815,47 @@ def test_a_lock_not_granted_is_raised_at_once_not_retried(tmp_path: Path) -> Non
         holder.rollback()
         holder.close()
         store.close()
+
+
+def test_two_records_writing_the_same_gap_at_once_both_go_on(postgres_url: str) -> None:
+    """Two record processes on one PostgreSQL journal report the same hole at the same
+    moment: one row, and the second writer is told "not written", not an IntegrityError."""
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        db.execute("DROP TABLE IF EXISTS c2sync_journal, c2sync_record_checkpoint")
+    journal = open_journal(postgres_url, API_KEY)
+    gap = c2sync.Gap(
+        msg_type="gap",
+        strategy_id=STRATEGY,
+        channel=f"strategy.signal:{STRATEGY}",
+        from_seq=0,
+        missing_after=7,
+        raw={"msg_type": "gap"},
+    )
+    results: list[object] = []
+    writer = threading.Thread(target=lambda: results.append(journal.write(gap)))
+    with psycopg.connect(postgres_url) as other:  # the other record, its row uncommitted
+        other.execute(
+            "INSERT INTO c2sync_journal (strategy_id, seq_id, msg_type, raw) "
+            "VALUES (%s, 7, 'gap', '{}')",
+            (STRATEGY,),
+        )
+        writer.start()
+        with psycopg.connect(postgres_url, autocommit=True) as watch:
+            for _ in range(int(WAIT * 100)):  # until the writer waits on the other's row
+                waiting = watch.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE 'INSERT INTO c2sync_journal%'"
+                ).fetchone()
+                if waiting == (1,):
+                    break
+                watch.execute("SELECT pg_sleep(0.01)")
+            else:
+                raise AssertionError("the writer never waited on the uncommitted row")
+        other.commit()
+    writer.join(WAIT)
+    journal.store.close()
+    assert results == [False]
+    with psycopg.connect(postgres_url) as db:
+        assert db.execute("SELECT count(*) FROM c2sync_journal").fetchone() == (1,)
