@@ -23,7 +23,14 @@ from ._redact import Redactor
 from ._sql import SQLCheckpoint, checkpoint_from_url
 from .messages import Gap, Message, Positions, Signal
 
-__all__ = ["JOURNAL_TABLE", "RECORD_CHECKPOINT_TABLE", "Journal", "Progress", "open_journal"]
+__all__ = [
+    "JOURNAL_TABLE",
+    "RECORD_CHECKPOINT_TABLE",
+    "Journal",
+    "Progress",
+    "open_journal",
+    "overflow_text",
+]
 
 logger = logging.getLogger("c2sync.cli")
 
@@ -193,6 +200,24 @@ def progress_for(stream: TextIO) -> Progress | None:
     return Progress(stream) if callable(isatty) and isatty() else None
 
 
+def overflow_text(
+    dropped: int, strategies: list[int], points: dict[int, int], positions: bool
+) -> str:
+    """What record says when its queue overflowed: what it replays (the signals after each
+    committed point) and what it cannot (a strategy with nothing committed yet has no
+    point to resume from; the server replays no position update)."""
+    replayed = [str(s) for s in strategies if s in points]
+    lost = [str(s) for s in strategies if s not in points]
+    parts = [f"{dropped} message(s) dropped: the database too slow"]
+    if replayed:
+        parts.append(f"replaying the signals of {', '.join(replayed)} from the checkpoint")
+    if lost:
+        parts.append(f"not replayable (nothing committed yet): any signals of {', '.join(lost)}")
+    if positions:
+        parts.append("position updates are never replayed: any dropped are lost")
+    return "; ".join(parts)
+
+
 def record(args: argparse.Namespace) -> int:
     """The ``record`` command: until Ctrl-C (or SIGTERM), then exit 0."""
     from . import POSITIONS, SIGNAL, Client, QueueOverflow, cli
@@ -232,8 +257,10 @@ def record(args: argparse.Namespace) -> int:
                     except QueueOverflow as overflow:
                         # The database was too slow: replay what was dropped, from what
                         # is committed (docs/api-contract.md "Back-pressure").
-                        cli._err(f"{overflow.dropped} message(s) dropped; replaying")
                         points = store.load()
+                        cli._err(
+                            overflow_text(overflow.dropped, strategies, points, args.positions)
+                        )
                         for strategy in strategies:
                             if strategy in points:
                                 client.subscribe(SIGNAL, strategy, resume_from=points[strategy])

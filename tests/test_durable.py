@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import c2sync
-from c2sync._record import Journal, Progress, open_journal, progress_for
+from c2sync._record import Journal, Progress, open_journal, overflow_text, progress_for
 from c2sync._redact import Redactor
 from c2sync.emulator import Emulator
 
@@ -554,6 +554,23 @@ class _Terminal:
 
     def flush(self) -> None:
         pass
+
+
+def test_an_overflow_line_names_what_record_cannot_replay() -> None:
+    """The queue overflowed: the line says which strategies' signals are replayed from the
+    checkpoint, which cannot be (nothing committed: no point to resume from), and that
+    dropped position updates are lost (the server replays none)."""
+    text = overflow_text(7, [1, 2], {1: 40}, positions=True)
+    assert text == (
+        "7 message(s) dropped: the database too slow; "
+        "replaying the signals of 1 from the checkpoint; "
+        "not replayable (nothing committed yet): any signals of 2; "
+        "position updates are never replayed: any dropped are lost"
+    )
+    assert overflow_text(3, [1], {1: 40}, positions=False) == (
+        "3 message(s) dropped: the database too slow; "
+        "replaying the signals of 1 from the checkpoint"
+    )
 
 
 def test_progress_is_one_line_rewritten_in_place_on_a_terminal_only(tmp_path: Path) -> None:
