@@ -245,29 +245,29 @@ def record(args: argparse.Namespace) -> int:
                     if args.positions:
                         client.subscribe(POSITIONS, strategy)
                 cli._err(f"recording into {where}; Ctrl-C to stop")
-                # On a terminal, the line catches up once the stream pauses.
-                wait = None if progress is None else progress.interval
-                while True:
-                    try:
-                        message = client.recv(timeout=wait)
-                    except TimeoutError:
-                        if progress is not None:
-                            progress.show(journal, force=True)
-                        continue
-                    except QueueOverflow as overflow:
-                        # The database was too slow: replay what was dropped, from what
-                        # is committed (docs/api-contract.md "Back-pressure").
-                        points = store.load()
-                        cli._err(
-                            overflow_text(overflow.dropped, strategies, points, args.positions)
-                        )
-                        for strategy in strategies:
-                            if strategy in points:
-                                client.subscribe(SIGNAL, strategy, resume_from=points[strategy])
-                        continue
+
+                def replay(overflow: QueueOverflow) -> None:
+                    # The database was too slow: replay what was dropped, from what is
+                    # committed (docs/api-contract.md "Back-pressure").
+                    points = store.load()
+                    cli._err(overflow_text(overflow.dropped, strategies, points, args.positions))
+                    for strategy in strategies:
+                        if strategy in points:
+                            client.subscribe(SIGNAL, strategy, resume_from=points[strategy])
+
+                def handle(message: Message) -> None:
                     journal.write(message)
                     if progress is not None:
                         progress.show(journal)
+
+                # On a terminal, the line catches up once the stream pauses.
+                cli._receive(
+                    client,
+                    handle,
+                    replay,
+                    idle=None if progress is None else lambda: progress.show(journal, True),
+                    wait=None if progress is None else progress.interval,
+                )
             except KeyboardInterrupt:
                 clean = True
             finally:
