@@ -37,6 +37,18 @@ def signal_of(seq_id: int, strategy_id: int = STRATEGY) -> c2sync.Signal:
     )
 
 
+def gap_after(missing_after: int, timestamp: datetime | None = None) -> c2sync.Gap:
+    return c2sync.Gap(
+        msg_type="gap",
+        timestamp=timestamp,
+        strategy_id=STRATEGY,
+        channel=f"strategy.signal:{STRATEGY}",
+        from_seq=0,
+        missing_after=missing_after,
+        raw={"msg_type": "gap"},
+    )
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[c2sync.SQLCheckpoint]:
     """A fresh store with an ``effects (seq_id)`` table, in SQLite or in PostgreSQL."""
@@ -182,12 +194,17 @@ def test_postgres_paramstyle_is_read_from_psycopg(postgres_url: str) -> None:
         store.close()
 
 
-def test_a_postgresql_url_store_bounds_its_waits(postgres_url: str) -> None:
+@pytest.mark.parametrize("password", ["", ":my_options_connect_timeout"])
+def test_a_postgresql_url_store_bounds_its_waits(postgres_url: str, password: str) -> None:
     """From a URL (record, checkpoint="postgresql://..."): a 10 s lock timeout, so another
-    process's long transaction on the same row cannot hold the client without end."""
+    process's long transaction on the same row cannot hold the client without end. The
+    bounds go in unless the URL sets those parameters, not unless their names appear in
+    it: a password holding "options" keeps the lock timeout."""
     from c2sync._sql import checkpoint_from_url
 
-    store = checkpoint_from_url(postgres_url, table="c2sync_bounds")
+    url = postgres_url.replace("postgres@", f"postgres{password}@", 1)
+    assert password in url
+    store = checkpoint_from_url(url, table="c2sync_bounds")
     try:
         shown = store.transaction(lambda db: db.execute("SHOW lock_timeout").fetchone())
         assert shown == ("10s",)
@@ -443,15 +460,7 @@ def test_journal_keys_signals_and_gaps_and_keeps_every_position_update(tmp_path:
     received; the key a server echoes is masked in the raw text."""
     journal = open_journal(f"sqlite:///{tmp_path / 'j.db'}", API_KEY)
     stamp = datetime(2026, 12, 7, tzinfo=timezone.utc)
-    gap = c2sync.Gap(
-        msg_type="gap",
-        timestamp=stamp,
-        strategy_id=STRATEGY,
-        channel=f"strategy.signal:{STRATEGY}",
-        from_seq=0,
-        missing_after=1000,
-        raw={"msg_type": "gap"},
-    )
+    gap = gap_after(1000, timestamp=stamp)
     positions = c2sync.Positions(
         msg_type="strategy.positions",
         strategy_id=STRATEGY,
@@ -488,14 +497,7 @@ def test_journal_keeps_every_signal_of_a_restarted_numbering_once(
     on the same database), none lands twice. Gaps go in the strategy's current epoch."""
     journal = Journal(store, Redactor(API_KEY))
     assert all(journal.write(signal_of(seq_id)) for seq_id in (1, 2, 3, 2000))
-    gap = c2sync.Gap(
-        msg_type="gap",
-        strategy_id=STRATEGY,
-        channel=f"strategy.signal:{STRATEGY}",
-        from_seq=0,
-        missing_after=3,
-        raw={"msg_type": "gap"},
-    )
+    gap = gap_after(3)
     assert journal.write(gap)
     assert all(journal.write(signal_of(seq_id)) for seq_id in (1, 2, 3))  # restarted
     assert journal.write(gap)  # the same number in the new numbering: another hole
@@ -598,6 +600,25 @@ def _record(emulator: Emulator, db: str, *extra: str, **popen: Any) -> subproces
     return subprocess.Popen([*command, *extra], env=env, text=True, **popen)
 
 
+def _record_and_stop(emulator: Emulator, db: str, *extra: str) -> tuple[int, str, str]:
+    """Run record piped until it is recording, then Ctrl-C: (status, stdout, stderr)."""
+    proc = _record(emulator, db, *extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if "recording into" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, out, "".join(seen) + err
+
+
 class Terminal:
     """``c2sync record`` on a pseudo-terminal (stdout and stderr): what it shows."""
 
@@ -663,24 +684,8 @@ def test_record_shows_no_progress_when_stdout_is_not_a_terminal(
     emulator: Emulator, tmp_path: Path
 ) -> None:
     """Piped, record prints nothing on stdout; its status lines go to stderr."""
-    proc = _record(
-        emulator,
-        f"sqlite:///{tmp_path / 's.db'}",
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if "recording into" in line:
-                break
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=WAIT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0
+    status, out, err = _record_and_stop(emulator, f"sqlite:///{tmp_path / 's.db'}")
+    assert status == 0
     assert out == ""
     assert "stopped; recorded 0 signals" in err
 
@@ -733,45 +738,13 @@ def test_record_prints_no_url_password_query_or_fragment(
     scheme, rest = emulator.url.split("://", 1)
     url = f"{scheme}://bob:S3cretUrlPw@{rest}?token=S3cretQuery#S3cretFragment"
     db = f"sqlite:///{tmp_path / 's.db'}?password=S3cretDbPw#S3cretDbFragment"
-    proc = _record(
-        emulator, db, "--url", url, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    try:
-        assert proc.stderr is not None
-        seen = []
-        for line in proc.stderr:
-            seen.append(line)
-            if "recording into" in line:
-                break
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=WAIT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    printed = "".join(seen) + out + err
-    assert proc.returncode == 0, printed
+    status, out, err = _record_and_stop(emulator, db, "--url", url)
+    printed = out + err
+    assert status == 0, printed
     assert "connecting to ws://***@127.0.0.1:" in printed
     assert f"stopped; recorded 0 signals, 0 positions, 0 gaps into sqlite:///{tmp_path}" in printed
     secrets = ("S3cretUrlPw", "S3cretQuery", "S3cretFragment", "S3cretDbPw", "S3cretDbFragment")
     assert not [secret for secret in secrets if secret in printed], printed
-
-
-def test_a_postgresql_url_whose_password_names_a_bound_still_gets_the_bounds(
-    postgres_url: str,
-) -> None:
-    """The bounds are added unless the URL sets those parameters, not unless their names
-    appear somewhere in it: a password holding "options" keeps the lock timeout."""
-    from c2sync._sql import checkpoint_from_url
-
-    url = postgres_url.replace("postgres@", "postgres:my_options_connect_timeout@", 1)
-    assert url != postgres_url
-    store = checkpoint_from_url(url, table="c2sync_bounds")
-    try:
-        shown = store.transaction(lambda db: db.execute("SHOW lock_timeout").fetchone())
-        assert shown == ("10s",)
-    finally:
-        store.close()
 
 
 def test_a_failed_postgresql_connection_keeps_no_password_in_c2syncs_frames(
@@ -842,14 +815,7 @@ def test_two_records_writing_the_same_gap_at_once_both_go_on(postgres_url: str) 
     with psycopg.connect(postgres_url, autocommit=True) as db:
         db.execute("DROP TABLE IF EXISTS c2sync_journal, c2sync_record_checkpoint")
     journal = open_journal(postgres_url, API_KEY)
-    gap = c2sync.Gap(
-        msg_type="gap",
-        strategy_id=STRATEGY,
-        channel=f"strategy.signal:{STRATEGY}",
-        from_seq=0,
-        missing_after=7,
-        raw={"msg_type": "gap"},
-    )
+    gap = gap_after(7)
     results: list[object] = []
     writer = threading.Thread(target=lambda: results.append(journal.write(gap)))
     with psycopg.connect(postgres_url) as other:  # the other record, its row uncommitted
