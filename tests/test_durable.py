@@ -807,6 +807,56 @@ def test_a_lock_not_granted_is_raised_at_once_not_retried(tmp_path: Path) -> Non
         store.close()
 
 
+def wait_for_a_lock_wait(postgres_url: str, statement: str) -> None:
+    """Until one session waits for a lock in a statement starting with ``statement``."""
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as watch:
+        for _ in range(int(WAIT * 100)):
+            waiting = watch.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND starts_with(query, %s)",
+                (statement,),
+            ).fetchone()
+            if waiting == (1,):
+                return
+            watch.execute("SELECT pg_sleep(0.01)")
+    raise AssertionError(f"no session waited for a lock in {statement!r}")
+
+
+def test_a_first_point_inserted_by_two_processes_at_once_is_retried_once(
+    postgres_url: str,
+) -> None:
+    """Two processes insert a strategy's first point at the same moment: the second one's
+    IntegrityError is retried (then the row exists and is updated), not raised."""
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        db.execute("DROP TABLE IF EXISTS c2sync_checkpoint")
+    store = c2sync.SQLCheckpoint(lambda: psycopg.connect(postgres_url))
+    assert store.load() == {}  # the table exists
+    errors: list[BaseException] = []
+
+    def save() -> None:
+        try:
+            store.save(STRATEGY, 9)
+        except BaseException as exc:  # pragma: no cover - the failure this test is for
+            errors.append(exc)
+
+    saver = threading.Thread(target=save)
+    with psycopg.connect(postgres_url) as other:  # the other process, its row uncommitted
+        other.execute(
+            "INSERT INTO c2sync_checkpoint (strategy_id, seq_id) VALUES (%s, 5)", (STRATEGY,)
+        )
+        saver.start()
+        wait_for_a_lock_wait(postgres_url, "INSERT INTO c2sync_checkpoint")
+        other.commit()
+    saver.join(WAIT)
+    assert errors == []
+    assert store.load() == {STRATEGY: 9}
+    store.close()
+
+
 def test_two_records_writing_the_same_gap_at_once_both_go_on(postgres_url: str) -> None:
     """Two record processes on one PostgreSQL journal report the same hole at the same
     moment: one row, and the second writer is told "not written", not an IntegrityError."""
@@ -825,17 +875,7 @@ def test_two_records_writing_the_same_gap_at_once_both_go_on(postgres_url: str) 
             (STRATEGY,),
         )
         writer.start()
-        with psycopg.connect(postgres_url, autocommit=True) as watch:
-            for _ in range(int(WAIT * 100)):  # until the writer waits on the other's row
-                waiting = watch.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND query LIKE 'INSERT INTO c2sync_journal%'"
-                ).fetchone()
-                if waiting == (1,):
-                    break
-                watch.execute("SELECT pg_sleep(0.01)")
-            else:
-                raise AssertionError("the writer never waited on the uncommitted row")
+        wait_for_a_lock_wait(postgres_url, "INSERT INTO c2sync_journal")
         other.commit()
     writer.join(WAIT)
     journal.store.close()
