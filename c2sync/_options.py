@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 
 from ._framing import DEFAULT_MAX_SIZE
-from ._proxy import parse_proxy, redact_url
+from ._proxy import parse_proxy, safe_url
 from ._request import Target, check_field
 from ._spec import DEFAULT_URL, HEARTBEAT_TIMEOUT
 from ._sql import URL_PREFIXES, checkpoint_from_url
@@ -94,7 +94,7 @@ class Options:
     def safe_url(self) -> str:
         """The URL for messages: without its query string or fragment (which could carry a
         secret), its user part (``user:password@``) as ``***@``."""
-        return redact_url(self.url.split("?", 1)[0].split("#", 1)[0])
+        return safe_url(self.url)
 
     @classmethod
     def create(

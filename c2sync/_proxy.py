@@ -35,6 +35,7 @@ __all__ = [
     "proxy_from_environment",
     "redact_url",
     "resolve_proxy",
+    "safe_url",
 ]
 
 _DEFAULT_PORTS = {"ws": 80, "wss": 443, "http": 80, "https": 443}
@@ -53,6 +54,14 @@ def redact_url(url: str) -> str:
     if at < start:
         return url
     return f"{url[:start]}***{url[at:]}"
+
+
+def safe_url(url: str) -> str:
+    """``url`` for a message or a log line: its user part (``user:password@``) as ``***@``
+    (:func:`redact_url`), its query string and fragment (which can carry a password or a
+    key) gone. The user part goes first: a password holding ``?`` or ``#`` is hidden whole.
+    """
+    return redact_url(url).split("?", 1)[0].split("#", 1)[0]
 
 
 def _with_scheme(proxy: str) -> str:

@@ -2,7 +2,8 @@
 
 Called by :func:`c2sync.cli.main` on the user's thread. The journal is the table
 ``c2sync_journal`` (``id``, ``strategy_id``, ``seq_id``, ``msg_type``, ``timestamp``,
-``raw`` as JSON text) of a SQLite or PostgreSQL database; the signals' checkpoint is the
+``raw`` as JSON text, ``epoch``: which numbering of the strategy a ``seq_id`` belongs to)
+of a SQLite or PostgreSQL database; the signals' checkpoint is the
 table ``c2sync_record_checkpoint`` of the same database, advanced in the same transaction
 as each signal's row (:meth:`c2sync.SQLCheckpoint.apply`), so a kill at any moment leaves
 every signal in the journal exactly once after a restart. What "once" means for the
@@ -22,7 +23,14 @@ from ._redact import Redactor
 from ._sql import SQLCheckpoint, checkpoint_from_url
 from .messages import Gap, Message, Positions, Signal
 
-__all__ = ["JOURNAL_TABLE", "RECORD_CHECKPOINT_TABLE", "Journal", "Progress", "open_journal"]
+__all__ = [
+    "JOURNAL_TABLE",
+    "RECORD_CHECKPOINT_TABLE",
+    "Journal",
+    "Progress",
+    "open_journal",
+    "overflow_text",
+]
 
 logger = logging.getLogger("c2sync.cli")
 
@@ -52,7 +60,6 @@ class Journal:
         self.redact = redact
         self.counts = {"signals": 0, "positions": 0, "gaps": 0}
         self.last: str = ""
-        self._inserted = False  # whether the last signal's row went in
         store.transaction(self._create)
 
     def _create(self, connection: Any) -> None:
@@ -64,16 +71,19 @@ class Journal:
             "msg_type TEXT NOT NULL",
             "timestamp TEXT",
             "raw TEXT NOT NULL",
+            # Which numbering of the strategy a seq_id belongs to: 0, then one more at each
+            # restart of the server's numbering (whose signals reuse old numbers).
+            "epoch BIGINT NOT NULL DEFAULT 0",
         ]
         execute = self.store.execute
         execute(connection, f"CREATE TABLE IF NOT EXISTS {JOURNAL_TABLE} ({', '.join(columns)})")
-        # Partial unique indexes: a signal is keyed by its seq_id, a gap by the seq_id it
-        # follows; position updates (no seq_id) are not keyed.
+        # Partial unique indexes: a signal is keyed by its seq_id in its numbering, a gap by
+        # the seq_id it follows; position updates (no seq_id) are not keyed.
         for name, msg_type in (("signal", SIGNAL_TYPE), ("gap", GAP_TYPE)):
             execute(
                 connection,
-                f"CREATE UNIQUE INDEX IF NOT EXISTS {JOURNAL_TABLE}_{name} ON {JOURNAL_TABLE} "
-                f"(strategy_id, seq_id) WHERE msg_type = '{msg_type}'",
+                f"CREATE UNIQUE INDEX IF NOT EXISTS {JOURNAL_TABLE}_{name}_epoch "
+                f"ON {JOURNAL_TABLE} (strategy_id, epoch, seq_id) WHERE msg_type = '{msg_type}'",
             )
 
     def _row(
@@ -83,63 +93,63 @@ class Journal:
         raw = self.redact(json.dumps(dict(message.raw), separators=(",", ":"), default=str))
         return (strategy_id, seq_id, message.msg_type, stamp, raw)
 
-    def _insert_once(self, connection: Any, row: tuple[Any, ...]) -> bool:
-        """Insert the row unless one of the same type, strategy and seq_id is there."""
-        execute = self.store.execute
-        strategy_id, seq_id, msg_type = row[0], row[1], row[2]
-        found = execute(
+    def _insert(self, connection: Any, row: tuple[Any, ...], epoch: int = 0) -> bool:
+        """Insert the row; False if a unique index already holds its key (a gap's: another
+        ``record`` may have written it a moment ago)."""
+        cursor = self.store.execute(
             connection,
-            f"SELECT 1 FROM {JOURNAL_TABLE} WHERE msg_type = ? AND strategy_id = ? AND seq_id = ?",
-            msg_type,
-            strategy_id,
-            seq_id,
-        ).fetchone()
-        if found is not None:
-            return False
-        self._insert(connection, row)
-        return True
-
-    def _insert(self, connection: Any, row: tuple[Any, ...]) -> bool:
-        self.store.execute(
-            connection,
-            f"INSERT INTO {JOURNAL_TABLE} (strategy_id, seq_id, msg_type, timestamp, raw) "
-            "VALUES (?, ?, ?, ?, ?)",
+            f"INSERT INTO {JOURNAL_TABLE} (strategy_id, seq_id, msg_type, timestamp, raw, epoch) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             *row,
+            epoch,
         )
-        return True
+        return bool(cursor.rowcount != 0)  # -1: the driver cannot tell, and nothing failed
+
+    def _latest(self, connection: Any, strategy_id: int) -> tuple[int, int] | None:
+        """(epoch, seq_id) of the strategy's last journaled signal, or None."""
+        found = self.store.execute(
+            connection,
+            f"SELECT epoch, seq_id FROM {JOURNAL_TABLE} WHERE msg_type = ? AND strategy_id = ? "
+            "ORDER BY epoch DESC, seq_id DESC LIMIT 1",
+            SIGNAL_TYPE,
+            strategy_id,
+        ).fetchone()
+        return None if found is None else (int(found[0]), int(found[1]))
 
     def _signal(self, connection: Any, row: tuple[Any, ...]) -> None:
-        self._inserted = self._insert_once(connection, row)
-        if not self._inserted:
-            # Only after the server restarted its numbering: the journal keys signals by
-            # seq_id, so the new one with an old number is not kept (docs/durable.md).
+        # apply() runs this only for a signal above the committed point, which is the
+        # journal's last signal (they commit together), or for a restarted numbering: a
+        # seq_id not above the last one is the new numbering's, in the next epoch.
+        latest = self._latest(connection, row[0])
+        epoch = 0 if latest is None else latest[0] + (row[1] <= latest[1])
+        if not self._insert(connection, row, epoch):
+            # Only if the journal and the checkpoint disagree (rows deleted by hand): the
+            # point still moves, so record is not stuck on this signal.
             logger.warning(
-                "signal %s of strategy %s is already in the journal (a restarted numbering?):"
-                " not recorded again",
+                "signal %s of strategy %s is already in the journal: not recorded again",
                 row[1],
                 row[0],
             )
+
+    def _gap(self, connection: Any, row: tuple[Any, ...]) -> bool:
+        latest = self._latest(connection, row[0]) if row[0] is not None else None
+        return self._insert(connection, row, 0 if latest is None else latest[0])
 
     def write(self, message: Message) -> bool:
         """Journal one message; True if a row was written."""
         if isinstance(message, Signal) and message.strategy_id is not None:
             row = self._row(message, message.strategy_id, message.seq_id)
-            self._inserted = False
-            applied = self.store.apply(message, lambda connection: self._signal(connection, row))
-            written = applied and self._inserted
+            written = self.store.apply(message, lambda c: self._signal(c, row))
             kind = "signals"
         elif isinstance(message, Gap):
             row = self._row(message, message.strategy_id, message.missing_after)
-            if message.missing_after is None:
-                written = bool(self.store.transaction(lambda c: self._insert(c, row)))
-            else:
-                written = bool(self.store.transaction(lambda c: self._insert_once(c, row)))
+            written = self.store.transaction(lambda c: self._gap(c, row))
             kind = "gaps"
         elif isinstance(message, Positions) or message.msg_type == SIGNAL_TYPE:
             # Positions, and a signal whose seq_id can order nothing (kept as received).
             strategy_id = getattr(message, "strategy_id", None)
             row = self._row(message, strategy_id, None)
-            written = bool(self.store.transaction(lambda c: self._insert(c, row)))
+            written = self.store.transaction(lambda c: self._insert(c, row))
             kind = "positions" if isinstance(message, Positions) else "signals"
         else:
             return False  # acks, errors: not journal material
@@ -147,7 +157,7 @@ class Journal:
             self.counts[kind] += 1
             if message.seq_id is not None:
                 self.last = f"{getattr(message, 'strategy_id', '')}:{message.seq_id}"
-        return written
+        return bool(written)
 
 
 class Progress:
@@ -190,6 +200,24 @@ def progress_for(stream: TextIO) -> Progress | None:
     return Progress(stream) if callable(isatty) and isatty() else None
 
 
+def overflow_text(
+    dropped: int, strategies: list[int], points: dict[int, int], positions: bool
+) -> str:
+    """What record says when its queue overflowed: what it replays (the signals after each
+    committed point) and what it cannot (a strategy with nothing committed yet has no
+    point to resume from; the server replays no position update)."""
+    replayed = [str(s) for s in strategies if s in points]
+    lost = [str(s) for s in strategies if s not in points]
+    parts = [f"{dropped} message(s) dropped: the database too slow"]
+    if replayed:
+        parts.append(f"replaying the signals of {', '.join(replayed)} from the checkpoint")
+    if lost:
+        parts.append(f"not replayable (nothing committed yet): any signals of {', '.join(lost)}")
+    if positions:
+        parts.append("position updates are never replayed: any dropped are lost")
+    return "; ".join(parts)
+
+
 def record(args: argparse.Namespace) -> int:
     """The ``record`` command: until Ctrl-C (or SIGTERM), then exit 0."""
     from . import POSITIONS, SIGNAL, Client, QueueOverflow, cli
@@ -217,27 +245,29 @@ def record(args: argparse.Namespace) -> int:
                     if args.positions:
                         client.subscribe(POSITIONS, strategy)
                 cli._err(f"recording into {where}; Ctrl-C to stop")
-                # On a terminal, the line catches up once the stream pauses.
-                wait = None if progress is None else progress.interval
-                while True:
-                    try:
-                        message = client.recv(timeout=wait)
-                    except TimeoutError:
-                        if progress is not None:
-                            progress.show(journal, force=True)
-                        continue
-                    except QueueOverflow as overflow:
-                        # The database was too slow: replay what was dropped, from what
-                        # is committed (docs/api-contract.md "Back-pressure").
-                        cli._err(f"{overflow.dropped} message(s) dropped; replaying")
-                        points = store.load()
-                        for strategy in strategies:
-                            if strategy in points:
-                                client.subscribe(SIGNAL, strategy, resume_from=points[strategy])
-                        continue
+
+                def replay(overflow: QueueOverflow) -> None:
+                    # The database was too slow: replay what was dropped, from what is
+                    # committed (docs/api-contract.md "Back-pressure").
+                    points = store.load()
+                    cli._err(overflow_text(overflow.dropped, strategies, points, args.positions))
+                    for strategy in strategies:
+                        if strategy in points:
+                            client.subscribe(SIGNAL, strategy, resume_from=points[strategy])
+
+                def handle(message: Message) -> None:
                     journal.write(message)
                     if progress is not None:
                         progress.show(journal)
+
+                # On a terminal, the line catches up once the stream pauses.
+                cli._receive(
+                    client,
+                    handle,
+                    replay,
+                    idle=None if progress is None else lambda: progress.show(journal, True),
+                    wait=None if progress is None else progress.interval,
+                )
             except KeyboardInterrupt:
                 clean = True
             finally:

@@ -15,6 +15,7 @@ a server's lock timeout (PostgreSQL's ``lock_timeout`` is unbounded unless the u
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -265,15 +266,17 @@ class SQLCheckpoint:
     def _claim(self, strategy_id: int, seq_id: int, restart: bool) -> tuple[bool, Any]:
         """Begin a transaction on this thread's connection and advance the point in it:
         (moved, the connection), the transaction left open. A concurrent first insert of
-        the same strategy (another process) fails ours once: then the row exists."""
+        the same strategy (another process) fails ours once, with the driver's
+        IntegrityError: then the row exists. Anything else (a lock not granted within the
+        database's timeout) is raised at once: retrying would only wait as long again."""
         for attempt in (1, 2):
             connection = self.connection()
             self._begin(connection)
             try:
                 return self._advance(connection, strategy_id, seq_id, restart), connection
-            except Exception:
+            except BaseException as exc:
                 self._rollback(connection)
-                if attempt == 2:
+                if attempt == 2 or not isinstance(exc, _integrity_error(connection)):
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -436,6 +439,11 @@ class PostgresCheckpoint(SQLCheckpoint):
     dialect = "postgresql"
 
     def __init__(self, url: str, *, table: str = "c2sync_checkpoint") -> None:
+        # The URL may hold a password: from here on only inside a holder whose repr hides
+        # it, so neither this frame nor the connect function's (which error trackers
+        # record with a traceback) keeps it in a local variable.
+        conninfo = _Hidden(url)
+        del url
         try:
             psycopg = importlib.import_module("psycopg")  # an extra: never imported early
         except ImportError as exc:
@@ -443,19 +451,43 @@ class PostgresCheckpoint(SQLCheckpoint):
                 "a postgresql:// database needs psycopg 3: from a checkout of c2sync, "
                 "pip install '.[postgres]'"
             ) from exc
+        try:
+            conninfo.value = psycopg.conninfo.conninfo_to_dict(conninfo.value)
+        except psycopg.Error:
+            # libpq's text may quote a piece of the URL (the password's bad %-escape).
+            raise ValueError("not a valid postgresql:// URL (see libpq's URI format)") from None
         # Every wait bounded: libpq waits for a connection, and PostgreSQL for a row lock,
-        # without end by default. What the URL says itself is kept.
-        bounds: dict[str, Any] = {}
-        if "connect_timeout" not in url:
-            bounds["connect_timeout"] = int(BUSY_TIMEOUT)
-        if "options" not in url:
-            bounds["options"] = f"-c lock_timeout={int(BUSY_TIMEOUT * 1000)}"
-        super().__init__(
-            lambda: psycopg.connect(url, **bounds), table=table, paramstyle="format"
-        )
+        # without end by default. What the URL sets itself is kept.
+        conninfo.value.setdefault("connect_timeout", int(BUSY_TIMEOUT))
+        conninfo.value.setdefault("options", f"-c lock_timeout={int(BUSY_TIMEOUT * 1000)}")
+        connect = functools.partial(_postgres_connect, psycopg, conninfo)
+        super().__init__(connect, table=table, paramstyle="format")
 
     def __repr__(self) -> str:
         return f"PostgresCheckpoint(table={self.table!r})"  # never the URL: it may hold a password
+
+
+class _Hidden:
+    """A secret (a connection URL, its parameters) behind a repr that shows none of it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<hidden>"
+
+
+def _postgres_connect(psycopg: Any, conninfo: _Hidden) -> Any:
+    return psycopg.connect(**conninfo.value)
+
+
+def _integrity_error(connection: Any) -> tuple[type[BaseException], ...]:
+    """The driver's IntegrityError (DB-API 2: on the connection or its module), or none."""
+    module = sys.modules.get(type(connection).__module__.partition(".")[0])
+    found = getattr(connection, "IntegrityError", None) or getattr(module, "IntegrityError", None)
+    return (found,) if isinstance(found, type) and issubclass(found, BaseException) else ()
 
 
 def _driver_paramstyle(connection: Any) -> str:

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from . import (
     DEFAULT_URL,
@@ -38,6 +38,7 @@ from . import (
     Client,
     ConnectionClosed,
     HandshakeError,
+    Message,
     QueueOverflow,
     ServerError,
     State,
@@ -59,7 +60,7 @@ from ._cli_parser import (
     build_parser,
 )
 from ._format import format_message
-from ._proxy import redact_url
+from ._proxy import safe_url
 from ._redact import Redactor
 
 __all__ = [
@@ -149,9 +150,9 @@ def _logging_for(verbose: int) -> Iterator[None]:
 
 
 def _shown(url: str) -> str:
-    """The URL with any ``user:password@`` part as ``***@``, for every line that names it
-    (the library's own texts do the same: ``Options.safe_url``)."""
-    return redact_url(url)
+    """The URL for every line that names it: no ``user:password@``, query or fragment
+    (``Options.safe_url`` is the same function)."""
+    return safe_url(url)
 
 
 def _connect(client: Client, url: str, timeout: float) -> None:
@@ -246,7 +247,9 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _status_printer(url: str, stream: TextIO) -> Callable[[State], None]:
-    """An ``on_state`` callback printing one status line per change of state."""
+    """An ``on_state`` callback printing one status line per change of state (the URL as
+    :func:`_shown`: whatever the caller passes)."""
+    url = _shown(url)
     opened = 0
 
     def on_state(state: State) -> None:
@@ -313,9 +316,32 @@ def _listen(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint or None,
         max_queue=args.max_queue,
     )
-    client.on_state(_status_printer(_shown(url), sys.stderr))
+    client.on_state(_status_printer(url, sys.stderr))
     with _sigterm_as_interrupt():
         return _listen_loop(args, client, url, key)
+
+
+def _receive(
+    client: Client,
+    handle: Callable[[Message], object],
+    replay: Callable[[QueueOverflow], None],
+    idle: Callable[[], None] | None = None,
+    wait: float | None = None,
+) -> NoReturn:
+    """listen's and record's loop, until an exception (Ctrl-C): each message to
+    ``handle``; an overflow to ``replay``, which resubscribes from its resume points;
+    ``idle()`` when nothing came for ``wait`` seconds."""
+    while True:
+        try:
+            message = client.recv(timeout=wait)
+        except TimeoutError:
+            if idle is not None:
+                idle()
+            continue
+        except QueueOverflow as overflow:
+            replay(overflow)
+            continue
+        handle(message)
 
 
 def _listen_loop(args: argparse.Namespace, client: Client, url: str, key: str) -> int:
@@ -331,24 +357,25 @@ def _listen_loop(args: argparse.Namespace, client: Client, url: str, key: str) -
             client.subscribe(POSITIONS, strategy)
             _err(f"subscribed to {POSITIONS} {strategy}")
         _err("listening; Ctrl-C to stop")
-        while True:
-            try:
-                message = client.recv()
-            except QueueOverflow as overflow:
-                # Our output was too slow (a blocked pipe, say): ask for a replay of what
-                # was dropped rather than skip it (docs/api-contract.md "Back-pressure").
-                _err(f"{overflow.dropped} message(s) dropped: output too slow; replaying")
-                for strategy in args.signal:
-                    # No entry: no signal of this strategy has arrived, so none was dropped.
-                    seq_id = overflow.last_seq.get(strategy)
-                    if seq_id:
-                        client.subscribe(SIGNAL, strategy, resume_from=seq_id)
-                continue
+
+        def replay(overflow: QueueOverflow) -> None:
+            # Our output was too slow (a blocked pipe, say): ask for a replay of what was
+            # dropped rather than skip it (docs/api-contract.md "Back-pressure").
+            _err(f"{overflow.dropped} message(s) dropped: output too slow; replaying")
+            for strategy in args.signal:
+                # No entry: no signal of this strategy has arrived, so none was dropped.
+                seq_id = overflow.last_seq.get(strategy)
+                if seq_id:
+                    client.subscribe(SIGNAL, strategy, resume_from=seq_id)
+
+        def show(message: Message) -> None:
             if args.json:
                 line = hide(json.dumps(dict(message.raw), separators=(",", ":"), default=str))
             else:
                 line = format_message(message, secrets=(key,))
             _emit(line, sys.stdout)
+
+        _receive(client, show, replay)
     except KeyboardInterrupt:
         clean = True
         _err("stopped")

@@ -750,3 +750,38 @@ def test_listen_started_with_sigint_ignored_keeps_ignoring_it(emulator: Emulator
         assert process.returncode == cli.EXIT_OK, stderr
     finally:
         stop_process(process)
+
+
+URL_SECRETS = ("S3cretUrlPw", "S3cretQuery", "S3cretFragment")
+
+
+def secret_url(emulator: Emulator) -> str:
+    """The emulator's URL with a password, a query and a fragment: none may be printed."""
+    scheme, rest = emulator.url.split("://", 1)
+    return f"{scheme}://bob:S3cretUrlPw@{rest}?token=S3cretQuery#S3cretFragment"
+
+
+def assert_no_url_secret(text: str) -> None:
+    assert not [secret for secret in URL_SECRETS if secret in text], text
+
+
+def test_check_and_listen_print_no_url_password_query_or_fragment(
+    emulator: Emulator,
+    run_main: Callable[..., tuple[int, str, str]],
+    listen: Callable[..., tuple[subprocess.Popen[str], Lines, Lines]],
+) -> None:
+    """The URL's user:password@, query and fragment never reach check's or listen's output:
+    every line names the URL as ``Options.safe_url`` does."""
+    url = secret_url(emulator)
+    status, out, err = run_main("check", "--url", url, "--api-key", API_KEY)
+    assert status == 0, err
+    assert "connected to ws://***@127.0.0.1:" in out
+    assert_no_url_secret(out + err)
+
+    process, out_lines, err_lines = listen("--url", url, "--signal", str(STRATEGY))
+    err_lines.until(lambda line: "listening" in line)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(WAIT) == 0
+    printed = "\n".join(err_lines.rest() + out_lines.rest())
+    assert "connecting to ws://***@127.0.0.1:" in printed
+    assert_no_url_secret(printed)

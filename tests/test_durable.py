@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import c2sync
-from c2sync._record import Journal, Progress, open_journal, progress_for
+from c2sync._record import Journal, Progress, open_journal, overflow_text, progress_for
 from c2sync._redact import Redactor
 from c2sync.emulator import Emulator
 
@@ -37,6 +37,18 @@ def signal_of(seq_id: int, strategy_id: int = STRATEGY) -> c2sync.Signal:
     )
 
 
+def gap_after(missing_after: int, timestamp: datetime | None = None) -> c2sync.Gap:
+    return c2sync.Gap(
+        msg_type="gap",
+        timestamp=timestamp,
+        strategy_id=STRATEGY,
+        channel=f"strategy.signal:{STRATEGY}",
+        from_seq=0,
+        missing_after=missing_after,
+        raw={"msg_type": "gap"},
+    )
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[c2sync.SQLCheckpoint]:
     """A fresh store with an ``effects (seq_id)`` table, in SQLite or in PostgreSQL."""
@@ -47,7 +59,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[c2sync.SQL
 
         url = request.getfixturevalue("postgres_url")
         with psycopg.connect(url, autocommit=True) as db:
-            db.execute("DROP TABLE IF EXISTS effects, c2sync_checkpoint")
+            db.execute("DROP TABLE IF EXISTS effects, c2sync_checkpoint, c2sync_journal")
         made = c2sync.SQLCheckpoint(lambda: psycopg.connect(url))
     made.transaction(lambda db: made.execute(db, "CREATE TABLE effects (seq_id BIGINT)"))
     yield made
@@ -182,12 +194,17 @@ def test_postgres_paramstyle_is_read_from_psycopg(postgres_url: str) -> None:
         store.close()
 
 
-def test_a_postgresql_url_store_bounds_its_waits(postgres_url: str) -> None:
+@pytest.mark.parametrize("password", ["", ":my_options_connect_timeout"])
+def test_a_postgresql_url_store_bounds_its_waits(postgres_url: str, password: str) -> None:
     """From a URL (record, checkpoint="postgresql://..."): a 10 s lock timeout, so another
-    process's long transaction on the same row cannot hold the client without end."""
+    process's long transaction on the same row cannot hold the client without end. The
+    bounds go in unless the URL sets those parameters, not unless their names appear in
+    it: a password holding "options" keeps the lock timeout."""
     from c2sync._sql import checkpoint_from_url
 
-    store = checkpoint_from_url(postgres_url, table="c2sync_bounds")
+    url = postgres_url.replace("postgres@", f"postgres{password}@", 1)
+    assert password in url
+    store = checkpoint_from_url(url, table="c2sync_bounds")
     try:
         shown = store.transaction(lambda db: db.execute("SHOW lock_timeout").fetchone())
         assert shown == ("10s",)
@@ -443,15 +460,7 @@ def test_journal_keys_signals_and_gaps_and_keeps_every_position_update(tmp_path:
     received; the key a server echoes is masked in the raw text."""
     journal = open_journal(f"sqlite:///{tmp_path / 'j.db'}", API_KEY)
     stamp = datetime(2026, 12, 7, tzinfo=timezone.utc)
-    gap = c2sync.Gap(
-        msg_type="gap",
-        timestamp=stamp,
-        strategy_id=STRATEGY,
-        channel=f"strategy.signal:{STRATEGY}",
-        from_seq=0,
-        missing_after=1000,
-        raw={"msg_type": "gap"},
-    )
+    gap = gap_after(1000, timestamp=stamp)
     positions = c2sync.Positions(
         msg_type="strategy.positions",
         strategy_id=STRATEGY,
@@ -480,20 +489,37 @@ def test_journal_keys_signals_and_gaps_and_keeps_every_position_update(tmp_path:
     assert journal.counts == {"signals": 2, "positions": 2, "gaps": 1}
 
 
-def test_journal_after_a_restarted_numbering_keeps_new_numbers_and_warns_on_old(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_journal_keeps_every_signal_of_a_restarted_numbering_once(
+    store: c2sync.SQLCheckpoint,
 ) -> None:
-    """The server restarted its numbering: its signals apply (the point goes down), but
-    one whose number is already in the journal is not written twice, and a WARNING says so."""
-    journal = open_journal(f"sqlite:///{tmp_path / 'j.db'}", API_KEY)
-    assert journal.write(signal_of(5)) and journal.write(signal_of(2000))
-    with caplog.at_level("WARNING", logger="c2sync.cli"):
-        assert journal.write(signal_of(5)) is False
-    assert "already in the journal" in caplog.text
-    assert journal.write(signal_of(6))
-    assert journal.store.load() == {STRATEGY: 6}
-    assert journal.counts["signals"] == 3
-    journal.store.close()
+    """The server restarted its numbering: its signals reuse numbers already in the
+    journal, and every one lands, in the next epoch; replayed after a kill (a new journal
+    on the same database), none lands twice. Gaps go in the strategy's current epoch."""
+    journal = Journal(store, Redactor(API_KEY))
+    assert all(journal.write(signal_of(seq_id)) for seq_id in (1, 2, 3, 2000))
+    gap = gap_after(3)
+    assert journal.write(gap)
+    assert all(journal.write(signal_of(seq_id)) for seq_id in (1, 2, 3))  # restarted
+    assert journal.write(gap)  # the same number in the new numbering: another hole
+    assert store.load() == {STRATEGY: 3}
+
+    again = Journal(store, Redactor(API_KEY))  # the process killed and started again
+    assert not any(again.write(signal_of(seq_id)) for seq_id in (1, 2, 3))
+    assert not again.write(gap)
+    assert again.write(signal_of(4))
+    rows = store.transaction(
+        lambda db: store.execute(
+            db,
+            "SELECT msg_type, epoch, seq_id FROM c2sync_journal ORDER BY msg_type, epoch, seq_id",
+        ).fetchall()
+    )
+    assert [tuple(r) for r in rows] == [
+        ("gap", 0, 3),
+        ("gap", 1, 3),
+        *[("strategy.signal", 0, seq_id) for seq_id in (1, 2, 3, 2000)],
+        *[("strategy.signal", 1, seq_id) for seq_id in (1, 2, 3, 4)],
+    ]
+    assert journal.counts == {"signals": 7, "positions": 0, "gaps": 2}
 
 
 def test_the_journal_is_one_line_away_from_a_data_frame(
@@ -514,7 +540,8 @@ def test_the_journal_is_one_line_away_from_a_data_frame(
     exec(code, namespace)  # the documentation's own example
     frame = namespace["frame"]
     assert list(frame["seq_id"]) == [1, 2, 3]
-    assert list(frame.columns) == ["id", "strategy_id", "seq_id", "msg_type", "timestamp", "raw"]
+    columns = ["id", "strategy_id", "seq_id", "msg_type", "timestamp", "raw", "epoch"]
+    assert list(frame.columns) == columns
 
 
 class _Terminal:
@@ -529,6 +556,23 @@ class _Terminal:
 
     def flush(self) -> None:
         pass
+
+
+def test_an_overflow_line_names_what_record_cannot_replay() -> None:
+    """The queue overflowed: the line says which strategies' signals are replayed from the
+    checkpoint, which cannot be (nothing committed: no point to resume from), and that
+    dropped position updates are lost (the server replays none)."""
+    text = overflow_text(7, [1, 2], {1: 40}, positions=True)
+    assert text == (
+        "7 message(s) dropped: the database too slow; "
+        "replaying the signals of 1 from the checkpoint; "
+        "not replayable (nothing committed yet): any signals of 2; "
+        "position updates are never replayed: any dropped are lost"
+    )
+    assert overflow_text(3, [1], {1: 40}, positions=False) == (
+        "3 message(s) dropped: the database too slow; "
+        "replaying the signals of 1 from the checkpoint"
+    )
 
 
 def test_progress_is_one_line_rewritten_in_place_on_a_terminal_only(tmp_path: Path) -> None:
@@ -554,6 +598,25 @@ def _record(emulator: Emulator, db: str, *extra: str, **popen: Any) -> subproces
     env = dict(os.environ, C2_API_KEY=API_KEY, C2_WS_URL=emulator.url)
     command = [sys.executable, "-m", "c2sync", "record", "--to", db, "--strategy", str(STRATEGY)]
     return subprocess.Popen([*command, *extra], env=env, text=True, **popen)
+
+
+def _record_and_stop(emulator: Emulator, db: str, *extra: str) -> tuple[int, str, str]:
+    """Run record piped until it is recording, then Ctrl-C: (status, stdout, stderr)."""
+    proc = _record(emulator, db, *extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if "recording into" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, out, "".join(seen) + err
 
 
 class Terminal:
@@ -621,24 +684,8 @@ def test_record_shows_no_progress_when_stdout_is_not_a_terminal(
     emulator: Emulator, tmp_path: Path
 ) -> None:
     """Piped, record prints nothing on stdout; its status lines go to stderr."""
-    proc = _record(
-        emulator,
-        f"sqlite:///{tmp_path / 's.db'}",
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if "recording into" in line:
-                break
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=WAIT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0
+    status, out, err = _record_and_stop(emulator, f"sqlite:///{tmp_path / 's.db'}")
+    assert status == 0
     assert out == ""
     assert "stopped; recorded 0 signals" in err
 
@@ -681,3 +728,157 @@ def test_record_usage_errors_are_one_line_and_exit_2(
     assert main(["record", "--api-key", API_KEY, *argv]) == 2
     err = capsys.readouterr().err
     assert text in err and err.count("\n") == 1
+
+
+def test_record_prints_no_url_password_query_or_fragment(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """record names both URLs (the server's and --to's) without user:password@, query or
+    fragment, on every line: connecting, recording into, stopped."""
+    scheme, rest = emulator.url.split("://", 1)
+    url = f"{scheme}://bob:S3cretUrlPw@{rest}?token=S3cretQuery#S3cretFragment"
+    db = f"sqlite:///{tmp_path / 's.db'}?password=S3cretDbPw#S3cretDbFragment"
+    status, out, err = _record_and_stop(emulator, db, "--url", url)
+    printed = out + err
+    assert status == 0, printed
+    assert "connecting to ws://***@127.0.0.1:" in printed
+    assert f"stopped; recorded 0 signals, 0 positions, 0 gaps into sqlite:///{tmp_path}" in printed
+    secrets = ("S3cretUrlPw", "S3cretQuery", "S3cretFragment", "S3cretDbPw", "S3cretDbFragment")
+    assert not [secret for secret in secrets if secret in printed], printed
+
+
+def test_a_failed_postgresql_connection_keeps_no_password_in_c2syncs_frames(
+    tmp_path: Path,
+) -> None:
+    """Error trackers record a traceback's locals: no c2sync frame of a failed connection
+    (nor the store's repr) holds the URL's password."""
+    pytest.importorskip("psycopg")
+    from c2sync._sql import checkpoint_from_url
+
+    url = f"postgresql://bob:S3cretDbPw@/db?host={tmp_path}&connect_timeout=1"
+    store = checkpoint_from_url(url)
+    del url
+    with pytest.raises(Exception) as caught:  # no server at that socket: OperationalError
+        store.load()
+    store.close()
+    shown = [repr(store)]
+    traceback = caught.value.__traceback__
+    while traceback is not None:
+        frame = traceback.tb_frame
+        if "c2sync" in Path(frame.f_code.co_filename).parts:
+            shown += [f"{name}={value!r}" for name, value in frame.f_locals.items()]
+        traceback = traceback.tb_next
+    assert len(shown) > 1 and not [text for text in shown if "S3cretDbPw" in text], shown
+
+
+def test_a_malformed_postgresql_url_is_refused_without_quoting_it() -> None:
+    """libpq's complaint may quote the password (a bad %-escape): the error names none."""
+    pytest.importorskip("psycopg")
+    from c2sync._sql import checkpoint_from_url
+
+    with pytest.raises(ValueError, match="not a valid postgresql:// URL") as caught:
+        checkpoint_from_url("postgresql://bob:S3cret%zz@/db")
+    assert "S3cret" not in str(caught.value)
+
+
+def test_a_lock_not_granted_is_raised_at_once_not_retried(tmp_path: Path) -> None:
+    """Only the driver's IntegrityError (a concurrent first insert) is retried: a busy
+    database raises after one wait, not two (close()'s flush included)."""
+    path = tmp_path / "x.db"
+    statements: list[str] = []
+
+    def connect() -> sqlite3.Connection:
+        connection = sqlite3.connect(path, timeout=0)  # busy: at once, no wait to time
+        connection.set_trace_callback(statements.append)
+        return connection
+
+    store = c2sync.SQLCheckpoint(connect)
+    store.save(STRATEGY, 1)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process's write transaction
+    try:
+        statements.clear()
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            store.save(STRATEGY, 2)
+        assert len([s for s in statements if s.startswith("UPDATE")]) == 1, statements
+    finally:
+        holder.rollback()
+        holder.close()
+        store.close()
+
+
+def wait_for_a_lock_wait(postgres_url: str, statement: str) -> None:
+    """Until one session waits for a lock in a statement starting with ``statement``."""
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as watch:
+        for _ in range(int(WAIT * 100)):
+            waiting = watch.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND starts_with(query, %s)",
+                (statement,),
+            ).fetchone()
+            if waiting == (1,):
+                return
+            watch.execute("SELECT pg_sleep(0.01)")
+    raise AssertionError(f"no session waited for a lock in {statement!r}")
+
+
+def test_a_first_point_inserted_by_two_processes_at_once_is_retried_once(
+    postgres_url: str,
+) -> None:
+    """Two processes insert a strategy's first point at the same moment: the second one's
+    IntegrityError is retried (then the row exists and is updated), not raised."""
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        db.execute("DROP TABLE IF EXISTS c2sync_checkpoint")
+    store = c2sync.SQLCheckpoint(lambda: psycopg.connect(postgres_url))
+    assert store.load() == {}  # the table exists
+    errors: list[BaseException] = []
+
+    def save() -> None:
+        try:
+            store.save(STRATEGY, 9)
+        except BaseException as exc:  # pragma: no cover - the failure this test is for
+            errors.append(exc)
+
+    saver = threading.Thread(target=save)
+    with psycopg.connect(postgres_url) as other:  # the other process, its row uncommitted
+        other.execute(
+            "INSERT INTO c2sync_checkpoint (strategy_id, seq_id) VALUES (%s, 5)", (STRATEGY,)
+        )
+        saver.start()
+        wait_for_a_lock_wait(postgres_url, "INSERT INTO c2sync_checkpoint")
+        other.commit()
+    saver.join(WAIT)
+    assert errors == []
+    assert store.load() == {STRATEGY: 9}
+    store.close()
+
+
+def test_two_records_writing_the_same_gap_at_once_both_go_on(postgres_url: str) -> None:
+    """Two record processes on one PostgreSQL journal report the same hole at the same
+    moment: one row, and the second writer is told "not written", not an IntegrityError."""
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        db.execute("DROP TABLE IF EXISTS c2sync_journal, c2sync_record_checkpoint")
+    journal = open_journal(postgres_url, API_KEY)
+    gap = gap_after(7)
+    results: list[object] = []
+    writer = threading.Thread(target=lambda: results.append(journal.write(gap)))
+    with psycopg.connect(postgres_url) as other:  # the other record, its row uncommitted
+        other.execute(
+            "INSERT INTO c2sync_journal (strategy_id, seq_id, msg_type, raw) "
+            "VALUES (%s, 7, 'gap', '{}')",
+            (STRATEGY,),
+        )
+        writer.start()
+        wait_for_a_lock_wait(postgres_url, "INSERT INTO c2sync_journal")
+        other.commit()
+    writer.join(WAIT)
+    journal.store.close()
+    assert results == [False]
+    with psycopg.connect(postgres_url) as db:
+        assert db.execute("SELECT count(*) FROM c2sync_journal").fetchone() == (1,)

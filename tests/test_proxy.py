@@ -15,6 +15,7 @@ from c2sync._proxy import (
     proxy_from_environment,
     redact_url,
     resolve_proxy,
+    safe_url,
 )
 
 WSS = "wss://api4-general.collective2.com/ws"
@@ -235,6 +236,21 @@ def test_the_credentials_never_show_in_a_repr() -> None:
 def test_redact_url(url: str, safe: str) -> None:
     """user:pass (or a lone token) becomes ***; a URL without them is unchanged."""
     assert redact_url(url) == safe
+
+
+@pytest.mark.parametrize(
+    ("url", "safe"),
+    [
+        ("ws://bob:pw@host/ws?key=k#f", "ws://***@host/ws"),
+        ("ws://bob:p?w#d@host/ws", "ws://***@host/ws"),  # ? and # in the password
+        ("postgresql:///db?password=x", "postgresql:///db"),
+        ("sqlite:///s.db#x", "sqlite:///s.db"),
+        ("wss://host/ws", "wss://host/ws"),
+    ],
+)
+def test_safe_url_hides_the_user_part_the_query_and_the_fragment(url: str, safe: str) -> None:
+    """One function for every URL a message names (Options.safe_url and the CLI)."""
+    assert safe_url(url) == safe
 
 
 def test_connect_request() -> None:
