@@ -66,18 +66,21 @@ def loopback(port: int) -> list[Any]:
 def test_a_close_between_tls_and_the_upgrade_never_sends_the_key_in_clear(
     make_server: MakeServer,
 ) -> None:
-    """close() lands after the TLS handshake and before the upgrade request is sent (the
-    opener is held there): a relay in front of the TLS server sees TLS records only, never
-    ``Authorization`` nor the key in clear text.
+    """close() lands while the opener is in the upgrade request's ``sendall``, past every
+    check for a cut (the opener is held at the start of it until the cut has run): a relay
+    in front of the TLS server sees TLS records only, never ``Authorization`` nor the key
+    in clear text.
 
-    The held socket also holds open the window ``ssl.SSLSocket.shutdown`` has (the TLS
-    object dropped, the descriptor not yet shut down), so a cut through it would let the
-    opener's ``sendall`` fall back to the plain socket here every time."""
+    ``ssl.SSLSocket.shutdown`` drops the TLS object, then shuts the descriptor down; the
+    held socket holds that window open until the opener has sent, so a cut through it
+    (the original bug) puts the whole upgrade request on the wire in clear text here every
+    time. Every wait is on an event and checked: the order cannot come out by luck."""
     ca = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_context)
     tls_server = make_server(lambda conn: conn.read_request(), ssl_context=server_context)
     wire = bytearray()
+    relayed = threading.Event()
 
     def relay(conn: Conn) -> None:
         upstream = socket.create_connection(("127.0.0.1", tls_server.port), timeout=WAIT)
@@ -87,24 +90,26 @@ def test_a_close_between_tls_and_the_upgrade_never_sends_the_key_in_clear(
         finally:
             for sock in (upstream, *wake):
                 sock.close()
+            relayed.set()
 
     relay_server = make_server(relay)
-    handshaken, go, sent = threading.Event(), threading.Event(), threading.Event()
+    sending, cut, sent = threading.Event(), threading.Event(), threading.Event()
+    waits: list[bool] = []  # every wait in the held socket: True when its event came
 
     class Held(ssl.SSLSocket):
-        def do_handshake(self, block: bool = False) -> None:
-            super().do_handshake(block)
-            handshaken.set()
-            go.wait(WAIT)  # the upgrade request is next
-
         def shutdown(self, how: int) -> None:
             # ssl.SSLSocket.shutdown, its window held open until the opener has sent.
             self._sslobj = None
-            go.set()
-            sent.wait(WAIT)
+            cut.set()
+            waits.append(sent.wait(WAIT))
             super().shutdown(how)
 
         def sendall(self, data: Any, flags: int = 0) -> None:
+            if b"Authorization" not in bytes(data):
+                super().sendall(data, flags)
+                return
+            sending.set()  # past the link's last look at the cut
+            waits.append(cut.wait(WAIT))  # the upgrade request goes out once the cut ran
             try:
                 super().sendall(data, flags)
             finally:
@@ -127,15 +132,18 @@ def test_a_close_between_tls_and_the_upgrade_never_sends_the_key_in_clear(
 
     opener = threading.Thread(target=connect)
     opener.start()
-    assert handshaken.wait(WAIT), "the TLS handshake never finished"
-    client.close()
-    go.set()
+    assert sending.wait(WAIT), "the opener never reached the upgrade request"
+    client.close()  # cuts the link: the descriptor is shut down when it returns
+    cut.set()
+    assert sent.wait(WAIT), "the opener never went on to send"
     opener.join(WAIT)
     assert not opener.is_alive()
-    relay_server.close()
+    assert relayed.wait(WAIT), "the relay never saw the connection end"
+    assert all(waits), waits
     assert wire[:1] == b"\x16", "the relay saw no TLS handshake"
     assert b"Authorization" not in wire and API_KEY.encode() not in wire
-    assert [type(e) for e in errors] == [c2sync.ConnectionClosed]
+    assert [type(e) for e in errors] == [c2sync.ConnectionClosed], errors
+    assert "closed while connecting" in str(errors[0])  # the send failed: it was cut
     assert client.state is c2sync.State.CLOSED
 
 
