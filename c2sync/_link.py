@@ -29,14 +29,18 @@ it connects TCP, talks to a proxy, wraps TLS and does the HTTP upgrade itself, s
   a ``sendall`` in the owner's thread would go out in clear text (docs/security.md). Only
   the thread that opens and reads the link closes its socket (:meth:`release`);
 - names are resolved on a short-lived helper thread the opener waits on (the system
-  resolver cannot be interrupted; a cut abandons it), and the addresses are raced as in
+  resolver cannot be interrupted; a cut abandons it; an opener asking for a name whose
+  abandoned lookup still runs waits for that one, so a hanging resolver leaves one helper
+  behind, not one per reconnect attempt), and the addresses are raced as in
   Happy Eyeballs (RFC 8305): the next one is tried 250 ms after the last began, or at once
   when it failed, so a blackholed first address costs 250 ms, not the deadline, and an
   address family the host cannot create sockets for (IPv6 disabled) is skipped;
 - every send after the open is bounded too (:meth:`send`): a send that cannot finish
   within ``connect_timeout`` (a peer that stopped reading) is cut by the watchdog
-  (:attr:`send_deadline`) and the link is lost; a caller with a deadline of its own waits
-  for the send lock no longer than it.
+  (:attr:`send_deadline`) once the watchdog looks, which a second sender or a request
+  makes it do; a lone heartbeat ack, which wakes nobody, is cut at the heartbeat deadline
+  (its reader, stuck, reads no heartbeat); either way the link is lost. A caller with a
+  deadline of its own waits for the send lock no longer than it.
 
 Frames are read by :class:`~c2sync._framing.FrameReader` and built by :func:`client_frame`
 (masking, RFC 6455 section 5.3); websocket-client is not imported, nor ``ssl`` until a
@@ -244,43 +248,32 @@ class Link:
         return sock
 
     def _resolve(self, host: str, port: int, deadline: float) -> list[Any]:
-        """``resolve(host, port)`` on a helper thread, waited for until ``deadline`` or a
-        cut, whichever comes first: the system resolver cannot be interrupted, so a cut
-        abandons it (the daemon helper ends when the resolver returns). An IP literal
-        needs no resolver and is answered here."""
+        """``resolve(host, port)`` on a helper thread (:class:`_Lookup`), waited for until
+        ``deadline`` or a cut, whichever comes first: the system resolver cannot be
+        interrupted, so a cut abandons it (the daemon helper ends when the resolver
+        returns). An IP literal needs no resolver and is answered here."""
         try:
             ipaddress.ip_address(host)
         except ValueError:
             pass
         else:
             return resolve(host, port)
-        done = threading.Event()
-        outcome: list[Any] = []
-
-        def work() -> None:
-            try:
-                outcome.append(resolve(host, port))
-            except BaseException as exc:  # handed to the opener
-                outcome.append(exc)
-            finally:
-                done.set()
-
+        woken = threading.Event()
         with self._lock:
             if self._cut:
                 raise ConnectionClosed(None, "", "the client was closed while connecting")
-            self._resolving = done
-        helper = threading.Thread(target=work, name="c2sync-resolve", daemon=True)
-        helper.start()
-        done.wait(max(0.0, deadline - time.monotonic()))
+            self._resolving = woken
+        lookup = _Lookup.share(host, port, woken)
+        woken.wait(max(0.0, deadline - time.monotonic()))
+        lookup.leave(woken)  # a lookup that never returns keeps no waiter per attempt
         with self._lock:
             self._resolving = None
             cut = self._cut
         if cut:
             raise ConnectionClosed(None, "", "the client was closed while connecting")
-        if not outcome:
+        if not lookup.outcome:
             raise socket.timeout("resolve")
-        helper.join(1.0)  # it is past its work: only its last lines are left
-        result = outcome.pop()
+        result = lookup.outcome[0]
         if isinstance(result, BaseException):
             raise result
         return result  # type: ignore[no-any-return]
@@ -408,7 +401,8 @@ class Link:
         """Send one text frame, whole (from any thread).
 
         A send that has not finished ``connect_timeout`` seconds after it began (the peer
-        stopped reading) is cut by the watchdog, and the link is lost.
+        stopped reading) is cut by the watchdog once it looks (see the module docstring;
+        a lone heartbeat ack at the heartbeat deadline), and the link is lost.
 
         Args:
             text: the frame's text.
@@ -541,6 +535,59 @@ class Link:
                         pass
 
 
+class _Lookup:
+    """One ``resolve(host, port)`` on a daemon helper thread, shared by every opener that
+    asks for the same name while it runs: an abandoned lookup (a resolver that hangs past
+    the deadline, reconnect after reconnect) leaves one helper behind, not one per attempt,
+    and the next opener waits for its answer instead of asking again."""
+
+    _lock = threading.Lock()
+    _running: dict[tuple[str, int], _Lookup] = {}
+
+    def __init__(self, host: str, port: int) -> None:
+        self.outcome: list[Any] = []  # the addresses or the exception, once done
+        self._waiters: list[threading.Event] = []
+        self._key = (host, port)
+
+    @classmethod
+    def share(cls, host: str, port: int, woken: threading.Event) -> _Lookup:
+        """The lookup of ``host`` running, or a new one; ``woken`` is set when it ends."""
+        with cls._lock:
+            lookup = cls._running.get((host, port))
+            start = lookup is None
+            if lookup is None:
+                lookup = cls._running[host, port] = _Lookup(host, port)
+            lookup._waiters.append(woken)
+        if start:
+            threading.Thread(target=lookup._work, name="c2sync-resolve", daemon=True).start()
+        return lookup
+
+    def leave(self, woken: threading.Event) -> None:
+        """An opener stopped waiting (its deadline or a cut): forget its event."""
+        with _Lookup._lock:
+            if woken in self._waiters:
+                self._waiters.remove(woken)
+
+    @classmethod
+    def forget(cls) -> None:
+        """Drop the lookups running (a fork's child has none of their threads)."""
+        cls._lock = threading.Lock()  # the parent's may have been held by another thread
+        cls._running = {}
+
+    def _work(self) -> None:
+        try:
+            self.outcome.append(resolve(*self._key))
+        except BaseException as exc:  # handed to the openers
+            self.outcome.append(exc)
+        finally:
+            with _Lookup._lock:
+                if _Lookup._running.get(self._key) is self:  # not after a fork
+                    del _Lookup._running[self._key]
+                waiters, self._waiters = self._waiters, []
+            for woken in waiters:
+                woken.set()
+
+
 def _shut_down(sock: socket.socket) -> None:
     """Shut both directions of ``sock``'s descriptor down. On TLS, at the descriptor:
     ``SSLSocket.shutdown`` drops the TLS object first, and a ``sendall`` racing it in
@@ -604,6 +651,7 @@ class MaskKeys:
 mask_key = MaskKeys()
 if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=mask_key.forget)
+    os.register_at_fork(after_in_child=_Lookup.forget)
 
 
 def client_frame(opcode: int, payload: str | bytes) -> bytes:

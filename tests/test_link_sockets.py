@@ -399,3 +399,56 @@ def test_a_peer_that_stops_reading_cannot_hold_subscribe_past_its_timeout(
             assert "did not finish in time" in str(losses[0]), losses
     finally:
         finished.set()
+
+
+def test_attempts_timing_out_on_a_hanging_resolver_share_its_one_lookup(
+    emulator: Emulator, resolver: Callable[..., None]
+) -> None:
+    """The reconnect's name resolution hangs past connect_timeout, attempt after attempt:
+    the attempts wait on the one lookup running (one helper thread, the resolver asked
+    once) instead of leaving a helper behind each; once it answers, the client reconnects."""
+    hanging, release = threading.Event(), threading.Event()
+    calls = []
+
+    def resolve(host: str, port: int) -> list[Any]:
+        calls.append(host)
+        if len(calls) > 1:  # every one after the first connect's, until released
+            hanging.set()
+            release.wait(3 * WAIT)
+        return loopback(port)
+
+    resolver(resolve)
+    before = {t.ident for t in threading.enumerate()}
+    client = c2sync.Client(
+        API_KEY,
+        url=by_name(emulator.url),
+        connect_timeout=0.2,
+        heartbeat_timeout=30,
+        reconnect_policy=FAST,
+    )
+    reconnected = opened(client, 2)
+    timeouts, failed = [], threading.Event()
+
+    def on_error(exc: BaseException) -> None:
+        if isinstance(exc, TimeoutError):
+            timeouts.append(exc)
+            if len(timeouts) == 3:
+                failed.set()
+
+    client.on_error(on_error)
+    try:
+        with client:
+            emulator.drop()
+            assert hanging.wait(WAIT), "the client never resolved again"
+            assert failed.wait(WAIT), "the reconnect attempts did not time out"
+            assert len(calls) == 2, calls
+            helpers = [
+                t
+                for t in threading.enumerate()
+                if t.name == "c2sync-resolve" and t.ident not in before
+            ]
+            assert len(helpers) == 1, helpers
+            release.set()
+            assert reconnected.wait(WAIT), "no reconnect once the resolver answered"
+    finally:
+        release.set()
