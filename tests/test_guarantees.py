@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 import c2sync
+import c2sync._link
+from c2sync._options import seams
 from c2sync.emulator import Emulator
 
 from .conftest import API_KEY, STRATEGY, WAIT, MakeServer
@@ -47,6 +49,7 @@ class Waiter:
 
 ROUNDS = 20  # one heartbeat and NOTES messages per round, each round in one TCP write
 NOTES = 3
+ACK_GRACE = 0.05  # seconds the link gives user code, per ack, to show it ran too early
 
 
 def _note(round_: int, index: int, pad: int) -> str:
@@ -92,8 +95,32 @@ def test_the_ack_reaches_the_server_before_user_code_sees_the_read(
             conn.sock.sendall(b"".join(text(f) for f in LAYOUTS[layout](round_)))
         finished.wait(WAIT)
 
+    # The reader's side of the same order: as it sends round k's ack, the link gives user
+    # code a moment (ACK_GRACE) to show it saw round k already. When the code is right it
+    # cannot have (messages are handed on only after the ack is sent), so the moment always
+    # passes unused; a reader that hands on first is caught at once, however the threads
+    # are scheduled (the server-side check alone needs user code to win a race).
+    rounds_seen = threading.Condition()
+    seen_rounds: list[int] = []
+    seen_before_its_ack: list[int] = []
+
+    class Watching(c2sync._link.Link):
+        acks_sent = 0
+
+        def send(self, text: str, deadline: float | None = None) -> None:
+            if '"heartbeat.ack"' in text:
+                self.acks_sent += 1
+                k = self.acks_sent
+                with rounds_seen:
+                    if rounds_seen.wait_for(lambda: k in seen_rounds, ACK_GRACE):
+                        seen_before_its_ack.append(k)
+            super().send(text, deadline)
+
     server = make_server(handler)
-    client = c2sync.connect(API_KEY, url=server.url, heartbeat_timeout=3 * WAIT, reconnect=False)
+    with seams(link_factory=Watching):
+        client = c2sync.connect(
+            API_KEY, url=server.url, heartbeat_timeout=3 * WAIT, reconnect=False
+        )
     acks: list[str] = []
     held_when_seen: dict[int, int] = {}  # round -> acks the server held when user code saw it
     done = threading.Event()
@@ -101,6 +128,9 @@ def test_the_ack_reaches_the_server_before_user_code_sees_the_read(
     def seen(message: c2sync.Message) -> None:
         round_, index = message.payload["round"], message.payload["index"]
         if index == 0:
+            with rounds_seen:
+                seen_rounds.append(round_)
+                rounds_seen.notify_all()
             acks.extend(t for t in server.conns[0].texts_waiting() if "heartbeat.ack" in t)
             held_when_seen[round_] = len(acks)
         if index == NOTES - 1:
@@ -117,6 +147,7 @@ def test_the_ack_reaches_the_server_before_user_code_sees_the_read(
             go.release()
             for _ in range(ROUNDS * NOTES):
                 seen(client.recv(timeout=WAIT))
+        assert seen_before_its_ack == [], "user code saw these rounds before their acks"
         assert held_when_seen == {k: k for k in range(1, ROUNDS + 1)}
         assert client.stats.heartbeats == client.stats.acks_sent == ROUNDS
     finally:
